@@ -1,0 +1,145 @@
+//! Audit: each gate decision and each outcome is one structured `key=value` line, to syslog (LOG_AUTH by default), or
+//! to stderr where no syslog socket exists, and also to `audit_log` when the configuration names one.
+
+use crate::config::SyslogFacility;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+/// One line: `evosync-gate party=acme event=decision verdict=refuse reason="..."`.
+#[derive(Debug, Clone, Default)]
+pub struct Line {
+    text: String,
+    pub warning: bool,
+}
+
+impl Line {
+    /// An empty line; callers add `event=` with the rest of the fields.
+    pub fn new() -> Line {
+        let mut line = Line { text: String::with_capacity(256), warning: false };
+        line.text.push_str("evosync-gate");
+        line
+    }
+
+    /// Adds `key=value`, quoting the value when it holds anything but plain characters.
+    pub fn field(mut self, key: &str, value: impl std::fmt::Display) -> Line {
+        let value = value.to_string();
+        let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:+@,".contains(&b));
+        let _ = write!(self.text, " {key}=");
+        if plain {
+            self.text.push_str(&value);
+        } else {
+            self.text.push('"');
+            for ch in value.chars() {
+                match ch {
+                    '"' => self.text.push_str("\\\""),
+                    '\\' => self.text.push_str("\\\\"),
+                    c if c.is_control() => {
+                        let _ = write!(self.text, "\\x{:02x}", c as u32);
+                    }
+                    c => self.text.push(c),
+                }
+            }
+            self.text.push('"');
+        }
+        self
+    }
+
+    pub fn field_opt(self, key: &str, value: Option<impl std::fmt::Display>) -> Line {
+        match value {
+            Some(value) => self.field(key, value),
+            None => self,
+        }
+    }
+
+    pub fn warning(mut self) -> Line {
+        self.warning = true;
+        self
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Where audit lines go.
+pub struct Sink {
+    facility: SyslogFacility,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Sink {
+    pub fn new(facility: SyslogFacility, file: Option<&Path>) -> Sink {
+        Sink { facility, file: file.map(Path::to_owned) }
+    }
+
+    pub fn write(&self, line: &Line) {
+        if !self.to_syslog(line) {
+            let _ = writeln!(std::io::stderr().lock(), "{}", line.as_str());
+        }
+        if let Some(path) = &self.file {
+            // One write of a whole line with O_APPEND: concurrent gates never interleave within a line.
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .and_then(|mut file| file.write_all(format!("{}\n", line.as_str()).as_bytes()));
+            if let Err(error) = appended {
+                let _ =
+                    writeln!(std::io::stderr().lock(), "evosync-gate: cannot append to {}: {error}", path.display());
+            }
+        }
+    }
+
+    fn to_syslog(&self, line: &Line) -> bool {
+        let formatter = syslog::Formatter3164 {
+            facility: facility(self.facility),
+            hostname: None,
+            process: "evosync-gate".into(),
+            pid: std::process::id(),
+        };
+        let Ok(mut logger) = syslog::unix(formatter) else {
+            return false;
+        };
+        let text = line.as_str().strip_prefix("evosync-gate ").unwrap_or(line.as_str());
+        if line.warning { logger.warning(text) } else { logger.info(text) }.is_ok()
+    }
+}
+
+fn facility(facility: SyslogFacility) -> syslog::Facility {
+    use syslog::Facility as F;
+    use SyslogFacility as S;
+    match facility {
+        S::Auth => F::LOG_AUTH,
+        S::Authpriv => F::LOG_AUTHPRIV,
+        S::Daemon => F::LOG_DAEMON,
+        S::User => F::LOG_USER,
+        S::Local0 => F::LOG_LOCAL0,
+        S::Local1 => F::LOG_LOCAL1,
+        S::Local2 => F::LOG_LOCAL2,
+        S::Local3 => F::LOG_LOCAL3,
+        S::Local4 => F::LOG_LOCAL4,
+        S::Local5 => F::LOG_LOCAL5,
+        S::Local6 => F::LOG_LOCAL6,
+        S::Local7 => F::LOG_LOCAL7,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_quoted_only_when_needed_and_never_break_the_line() {
+        let line = Line::new()
+            .field("event", "decision")
+            .field("party", "acme")
+            .field("reason", "a \"quoted\" reason")
+            .field("command", "x\ny\\z")
+            .field("empty", "");
+        assert_eq!(
+            line.as_str(),
+            "evosync-gate event=decision party=acme reason=\"a \\\"quoted\\\" reason\" command=\"x\\x0ay\\\\z\" empty=\"\""
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The host configuration: `/etc/evosync/evosync.yaml`, or `--config FILE`, or `EVOSYNC_CONFIG`.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/evosync/evosync.yaml";
+pub const CONFIG_ENV: &str = "EVOSYNC_CONFIG";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Party trees live at `replica_root/PARTY/RUN/`.
+    pub replica_root: PathBuf,
+    /// One `PARTY.yaml` policy each.
+    pub policies_dir: PathBuf,
+    /// Locks, and the state store.
+    pub state_dir: PathBuf,
+    /// Absolute path of the sqlite3_rsync the gate runs, whatever program the worker names.
+    pub sqlite3_rsync: PathBuf,
+    /// syslog facility for the audit lines.
+    #[serde(default)]
+    pub syslog_facility: SyslogFacility,
+    /// Also append every audit line to this file (useful where no syslog daemon runs).
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
+    /// How long a push waits for another push of the same replica, or for a free party slot, before it is refused.
+    #[serde(default = "default_lock_wait_seconds")]
+    pub lock_wait_seconds: u64,
+}
+
+fn default_lock_wait_seconds() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogFacility {
+    #[default]
+    Auth,
+    Authpriv,
+    Daemon,
+    User,
+    Local0,
+    Local1,
+    Local2,
+    Local3,
+    Local4,
+    Local5,
+    Local6,
+    Local7,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration {path}: {source} (pass --config FILE or set {CONFIG_ENV})")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the configuration {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// The file to read: the explicit one, else `EVOSYNC_CONFIG`, else the default.
+    pub fn locate(explicit: Option<&Path>) -> PathBuf {
+        if let Some(path) = explicit {
+            return path.to_owned();
+        }
+        match std::env::var_os(CONFIG_ENV) {
+            Some(path) if !path.is_empty() => PathBuf::from(path),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: path.to_owned(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        for (key, path) in [
+            ("replica_root", &config.replica_root),
+            ("policies_dir", &config.policies_dir),
+            ("state_dir", &config.state_dir),
+            ("sqlite3_rsync", &config.sqlite3_rsync),
+        ] {
+            if !path.is_absolute() {
+                return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
+            }
+        }
+        if let Some(path) = &config.audit_log {
+            if !path.is_absolute() {
+                return Err(format!("audit_log must be an absolute path, not '{}'", path.display()));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Where a party's policy lives.
+    pub fn policy_path(&self, party: &str) -> PathBuf {
+        self.policies_dir.join(format!("{party}.yaml"))
+    }
+
+    /// Where the gate keeps its per-replica and per-party lock files.
+    pub fn locks_dir(&self) -> PathBuf {
+        self.state_dir.join("locks")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "replica_root: /srv/evosync/replicas\npolicies_dir: /etc/evosync/policies\n\
+                           state_dir: /var/lib/evosync\nsqlite3_rsync: /usr/local/bin/sqlite3_rsync\n";
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.syslog_facility, SyslogFacility::Auth);
+        assert_eq!(config.lock_wait_seconds, 30);
+        assert_eq!(config.policy_path("acme"), Path::new("/etc/evosync/policies/acme.yaml"));
+    }
+
+    #[test]
+    fn unknown_keys_and_relative_paths_are_errors() {
+        let unknown = format!("{MINIMAL}replica_roots: /x\n");
+        assert!(Config::parse(&unknown).unwrap_err().contains("unknown field"));
+        let relative = MINIMAL.replace("/usr/local/bin/sqlite3_rsync", "sqlite3_rsync");
+        assert!(Config::parse(&relative).unwrap_err().contains("sqlite3_rsync must be an absolute path"));
+        assert!(Config::parse("replica_root: /x\n").unwrap_err().contains("missing field"));
+    }
+}

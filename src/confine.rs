@@ -1,0 +1,177 @@
+//! Confinement: proving that a replica path lies inside the party's own tree, and creating run folders.
+//!
+//! Every step below the replica root goes through openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, so a symlink
+//! or `..` planted anywhere in a party's tree stops the request instead of redirecting it.
+
+use crate::sys;
+use nix::errno::Errno;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// SQLite's companions of a database file; each is written next to it, so each must be a plain file too.
+pub const COMPANION_SUFFIXES: [&str; 4] = ["", "-wal", "-shm", "-journal"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    #[error("the replica root {path} cannot be opened ({errno}); the administrator must create it")]
+    ReplicaRoot { path: PathBuf, errno: Errno },
+    #[error(
+        "party '{party}' has no tree on this host ({errno}); the administrator must create it (evosync party add)"
+    )]
+    NoPartyRoot { party: String, errno: Errno },
+    #[error("run folder '{run}' does not exist, and the policy does not allow creating runs (create_runs: false)")]
+    RunMissing { run: String },
+    #[error("'{run}' is a symlink or not a folder; refusing to follow it")]
+    NotAFolder { run: String },
+    #[error("party '{party}' already has {count} run folders, its limit (max_runs: {max}); ask the administrator")]
+    TooManyRuns { party: String, count: u64, max: u64 },
+    #[error("'{run}/{name}' is {what}; only regular files are synced (the administrator must remove it)")]
+    NotRegular { run: String, name: String, what: &'static str },
+    #[error("'{run}/{name}' has {links} hard links; a replica must not share its data with another file")]
+    HardLinked { run: String, name: String, links: u64 },
+    #[error("party '{party}' stores {used} bytes, at or over its quota (max_party_bytes: {max}); free space first")]
+    OverQuota { party: String, used: u64, max: u64 },
+    #[error("the file system refused {what}: {errno}")]
+    Io { what: String, errno: Errno },
+}
+
+/// A party's tree, opened: `replica_root/PARTY`.
+pub struct PartyTree {
+    party: String,
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A run folder proven to lie inside its party's tree.
+pub struct RunFolder {
+    pub run: String,
+    pub fd: OwnedFd,
+    /// Absolute path of the folder, naming the same inode as `fd` when checked.
+    pub path: PathBuf,
+    pub created: bool,
+}
+
+impl PartyTree {
+    pub fn open(replica_root: &Path, party: &str) -> Result<PartyTree, ConfineError> {
+        let root_error = |errno| ConfineError::ReplicaRoot { path: replica_root.to_owned(), errno };
+        let root = sys::open_dir(replica_root).map_err(root_error)?;
+        let canonical_root = std::fs::canonicalize(replica_root).map_err(|e| root_error(io_errno(&e)))?;
+        let fd = sys::open_dir_beneath(&root, party)
+            .map_err(|errno| ConfineError::NoPartyRoot { party: party.to_owned(), errno })?;
+        Ok(PartyTree { party: party.to_owned(), fd, path: canonical_root.join(party) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the run folder, creating it first when `create` allows and the party is under `max_runs`.
+    pub fn run_folder(&self, run: &str, create: bool, max_runs: u64) -> Result<RunFolder, ConfineError> {
+        let mut created = false;
+        match sys::stat_in(&self.fd, run).map_err(|errno| io(format!("a look at '{run}'"), errno))? {
+            Some(_) => {}
+            None if !create => return Err(ConfineError::RunMissing { run: run.to_owned() }),
+            None => {
+                let count = self.run_count()?;
+                if count >= max_runs {
+                    return Err(ConfineError::TooManyRuns { party: self.party.clone(), count, max: max_runs });
+                }
+                created = sys::make_dir_in(&self.fd, run).map_err(|errno| io(format!("creating '{run}'"), errno))?;
+            }
+        }
+        let fd = sys::open_dir_beneath(&self.fd, run).map_err(|errno| match errno {
+            Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => ConfineError::NotAFolder { run: run.to_owned() },
+            errno => io(format!("opening '{run}'"), errno),
+        })?;
+        let path = self.path.join(run);
+        ensure_same_inode(&fd, &path, run)?;
+        Ok(RunFolder { run: run.to_owned(), fd, path, created })
+    }
+
+    /// Opens an existing run folder only (for `explain`, which must change nothing).
+    pub fn existing_run_folder(&self, run: &str) -> Result<Option<RunFolder>, ConfineError> {
+        match sys::stat_in(&self.fd, run).map_err(|errno| io(format!("a look at '{run}'"), errno))? {
+            None => Ok(None),
+            Some(_) => self.run_folder(run, false, u64::MAX).map(Some),
+        }
+    }
+
+    /// How many run folders the party has.
+    pub fn run_count(&self) -> Result<u64, ConfineError> {
+        let entries = sys::list_dir(&self.fd).map_err(|errno| io("listing the party tree".into(), errno))?;
+        Ok(entries.iter().filter(|(_, stat)| sys::is_dir(stat)).count() as u64)
+    }
+
+    /// Bytes of regular files in the whole party tree (replicas and analysis files alike).
+    pub fn usage_bytes(&self) -> Result<u64, ConfineError> {
+        fn walk(dir: &OwnedFd, depth: u32) -> Result<u64, Errno> {
+            let mut total = 0u64;
+            for (name, stat) in sys::list_dir(dir)? {
+                if sys::is_regular_file(&stat) {
+                    total = total.saturating_add(stat.st_size.max(0) as u64);
+                } else if sys::is_dir(&stat) && depth < 16 {
+                    total = total.saturating_add(walk(&sys::open_dir_beneath(dir, &name)?, depth + 1)?);
+                }
+            }
+            Ok(total)
+        }
+        walk(&self.fd, 0).map_err(|errno| io("measuring the party tree".into(), errno))
+    }
+
+    pub fn party(&self) -> &str {
+        &self.party
+    }
+}
+
+impl RunFolder {
+    /// Checks the database and its companions: each must be absent or a regular file with one link. Returns the
+    /// bytes they hold now.
+    pub fn check_database(&self, database: &str) -> Result<u64, ConfineError> {
+        let mut bytes = 0u64;
+        for suffix in COMPANION_SUFFIXES {
+            let name = format!("{database}{suffix}");
+            let Some(stat) = sys::stat_in(&self.fd, &name).map_err(|errno| io(format!("a look at '{name}'"), errno))?
+            else {
+                continue;
+            };
+            if !sys::is_regular_file(&stat) {
+                let what = if sys::is_dir(&stat) { "a folder" } else { "a symlink or special file" };
+                return Err(ConfineError::NotRegular { run: self.run.clone(), name, what });
+            }
+            if stat.st_nlink > 1 {
+                return Err(ConfineError::HardLinked { run: self.run.clone(), name, links: stat.st_nlink });
+            }
+            bytes = bytes.saturating_add(stat.st_size.max(0) as u64);
+        }
+        Ok(bytes)
+    }
+
+    pub fn database_path(&self, database: &str) -> PathBuf {
+        self.path.join(database)
+    }
+
+    /// Size of the database file now, if it exists.
+    pub fn database_size(&self, database: &str) -> Option<u64> {
+        sys::stat_in(&self.fd, database).ok().flatten().map(|stat| stat.st_size.max(0) as u64)
+    }
+}
+
+/// The absolute path handed to sqlite3_rsync must reach the very folder proven above.
+fn ensure_same_inode(fd: &OwnedFd, path: &Path, run: &str) -> Result<(), ConfineError> {
+    let opened = sys::fstat(fd).map_err(|errno| io(format!("a look at '{run}'"), errno))?;
+    let by_path = std::fs::symlink_metadata(path).map_err(|e| io(format!("a look at '{run}'"), io_errno(&e)))?;
+    if by_path.dev() == opened.st_dev && by_path.ino() == opened.st_ino && by_path.is_dir() {
+        Ok(())
+    } else {
+        Err(ConfineError::NotAFolder { run: run.to_owned() })
+    }
+}
+
+fn io(what: String, errno: Errno) -> ConfineError {
+    ConfineError::Io { what, errno }
+}
+
+fn io_errno(error: &std::io::Error) -> Errno {
+    Errno::from_raw(error.raw_os_error().unwrap_or(0))
+}

@@ -1,0 +1,190 @@
+//! Hand-over: the gate runs sqlite3_rsync on the SSH channel itself (the child inherits stdin and stdout, so no byte
+//! of the sync passes through the gate), holds the locks for as long as it runs, passes SIGHUP/SIGTERM/SIGINT on,
+//! and stops it at the wall-clock limit.
+
+use crate::sandbox::Sandbox;
+use crate::sys;
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{alarm, Pid};
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// After the wall clock runs out: SIGTERM, then this long before SIGKILL.
+const KILL_GRACE_SECONDS: u32 = 5;
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("another push of {what} is still running; try again later (waited {waited}s)")]
+    ReplicaBusy { what: String, waited: u64 },
+    #[error(
+        "party '{party}' already runs {max} syncs at once (max_concurrent_syncs); try again later (waited {waited}s)"
+    )]
+    PartyBusy { party: String, max: u32, waited: u64 },
+    #[error("cannot use the lock file {path}: {source} (state_dir must be writable by the gate's account)")]
+    LockFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot start {program}: {source}")]
+    Spawn { program: PathBuf, source: std::io::Error },
+    #[error("lost track of the sync process: {0}")]
+    Wait(nix::errno::Errno),
+}
+
+/// Held for the whole sync: one push per replica, at most `max_concurrent_syncs` per party.
+pub struct Locks {
+    _replica: nix::fcntl::Flock<File>,
+    _slot: nix::fcntl::Flock<File>,
+}
+
+impl Locks {
+    pub fn acquire(
+        locks_dir: &Path,
+        party: &str,
+        run: &str,
+        database: &str,
+        max_slots: u32,
+        wait: Duration,
+    ) -> Result<Locks, HandoverError> {
+        let party_dir = locks_dir.join(party);
+        std::fs::create_dir_all(&party_dir)
+            .map_err(|source| HandoverError::LockFile { path: party_dir.clone(), source })?;
+        let deadline = Instant::now() + wait;
+        let replica_path = party_dir.join(format!("{run}.{database}.lock"));
+        let replica = poll_lock(&[replica_path], deadline)?
+            .ok_or_else(|| HandoverError::ReplicaBusy { what: format!("{run}/{database}"), waited: wait.as_secs() })?;
+        let slots: Vec<PathBuf> = (0..max_slots).map(|n| party_dir.join(format!("slot-{n}.lock"))).collect();
+        let slot = poll_lock(&slots, deadline)?.ok_or_else(|| HandoverError::PartyBusy {
+            party: party.to_owned(),
+            max: max_slots,
+            waited: wait.as_secs(),
+        })?;
+        Ok(Locks { _replica: replica, _slot: slot })
+    }
+}
+
+/// Takes the first free lock among `paths`, polling until `deadline`.
+fn poll_lock(paths: &[PathBuf], deadline: Instant) -> Result<Option<nix::fcntl::Flock<File>>, HandoverError> {
+    loop {
+        for path in paths {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+                .map_err(|source| HandoverError::LockFile { path: path.clone(), source })?;
+            if let Some(lock) = sys::try_lock_exclusive(file)
+                .map_err(|source| HandoverError::LockFile { path: path.clone(), source })?
+            {
+                return Ok(Some(lock));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(LOCK_POLL);
+    }
+}
+
+pub struct Launch<'a> {
+    pub program: &'a Path,
+    pub args: Vec<OsString>,
+    pub working_dir: &'a Path,
+    pub fsize_limit: u64,
+    pub sandbox: Sandbox,
+    pub max_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    TimedOut,
+}
+
+impl Exit {
+    pub fn succeeded(self) -> bool {
+        self == Exit::Code(0)
+    }
+
+    /// The gate's own exit status for this outcome, as a shell would report it.
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(signal) => 128 + signal,
+            Exit::TimedOut => 124,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "{code}"),
+            Exit::Signal(signal) => write!(f, "signal-{signal}"),
+            Exit::TimedOut => f.write_str("timeout"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub seconds: f64,
+}
+
+/// Runs the child to its end. The gate is single-threaded: the signals it handles are blocked and taken with
+/// sigwait, so nothing runs in a signal handler.
+pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
+    let signals = sys::gate_signals();
+    sys::block_signals(&signals).map_err(HandoverError::Wait)?;
+    let started = Instant::now();
+    let mut command = Command::new(launch.program);
+    command
+        .args(&launch.args)
+        .current_dir(launch.working_dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .env("SQLITE_TMPDIR", launch.working_dir);
+    let (fsize_limit, sandbox) = (launch.fsize_limit, launch.sandbox);
+    // SAFETY: the gate is single-threaded, so the forked child may allocate; prepare_child makes raw syscalls only.
+    unsafe {
+        command.pre_exec(move || {
+            sys::prepare_child(fsize_limit)?;
+            sandbox.enforce_in_child()
+        });
+    }
+    let child =
+        command.spawn().map_err(|source| HandoverError::Spawn { program: launch.program.to_owned(), source })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    alarm::set(launch.max_seconds.clamp(1, u32::MAX as u64) as u32);
+    let mut timed_out = false;
+    let exit = loop {
+        let signal = signals.wait().map_err(HandoverError::Wait)?;
+        match signal {
+            Signal::SIGCHLD => match waitpid(pid, Some(WaitPidFlag::WNOHANG)).map_err(HandoverError::Wait)? {
+                WaitStatus::Exited(_, code) if !timed_out => break Exit::Code(code),
+                WaitStatus::Signaled(_, signal, _) if !timed_out => break Exit::Signal(signal as i32),
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => break Exit::TimedOut,
+                _ => continue,
+            },
+            Signal::SIGALRM if !timed_out => {
+                timed_out = true;
+                let _ = kill(pid, Signal::SIGTERM);
+                alarm::set(KILL_GRACE_SECONDS);
+            }
+            Signal::SIGALRM => {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            forwarded => {
+                let _ = kill(pid, forwarded);
+            }
+        }
+    };
+    alarm::cancel();
+    Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,18 @@
+//! evosync: the central side of kromosynth run sync.
+//!
+//! The gate's path (`command`, `policy`, `decide`, `confine`, `sandbox`, `handover`, `audit`, `reply`) is plain
+//! blocking code with no async runtime, so `evosync-gate` starts in about a millisecond.
+
+pub mod audit;
+pub mod command;
+pub mod config;
+pub mod confine;
+pub mod decide;
+pub mod gate;
+pub mod handover;
+pub mod names;
+pub mod policy;
+pub mod reply;
+pub mod sandbox;
+pub mod size;
+pub mod sys;

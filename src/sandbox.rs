@@ -1,0 +1,95 @@
+//! The kernel-enforced sandbox around sqlite3_rsync: Landlock confines the child to its run folder (plus what it must
+//! read to start), with no TCP and no signals or abstract sockets outside its domain.
+//!
+//! The ruleset is built in the gate and applied in the forked child just before exec, so the gate itself keeps the
+//! access it needs to lock, audit and record the outcome.
+
+use crate::sys;
+use landlock::{
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
+    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The newest ABI whose features the gate asks for; older kernels get what they support (best effort).
+const TARGET_ABI: ABI = ABI::V6;
+
+/// What a child needs to read to start: its binary, the loader and shared libraries.
+const SYSTEM_READ_PATHS: [&str; 6] =
+    ["/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/etc/ld.so.preload", "/dev/urandom"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("the policy requires a sandbox (require_sandbox: true) but this kernel offers no Landlock")]
+    Unavailable,
+    #[error("the sandbox could not be built: {0}")]
+    Build(String),
+}
+
+/// A ruleset ready to apply in the child, and the line the audit records about it.
+pub struct Sandbox {
+    ruleset: Mutex<Option<RulesetCreated>>,
+    required: bool,
+    pub summary: String,
+}
+
+impl Sandbox {
+    /// Builds the ruleset: read-only access to the system paths and `program`, and file access inside `run_folder`.
+    pub fn prepare(program: &Path, run_folder: &OwnedFd, required: bool) -> Result<Sandbox, SandboxError> {
+        let kernel_abi = sys::landlock_abi_version();
+        if kernel_abi == 0 {
+            if required {
+                return Err(SandboxError::Unavailable);
+            }
+            return Ok(Sandbox { ruleset: Mutex::new(None), required, summary: "none (no landlock)".into() });
+        }
+        let build = || -> Result<RulesetCreated, landlock::RulesetError> {
+            let read = AccessFs::from_read(TARGET_ABI);
+            let replica = AccessFs::ReadFile
+                | AccessFs::WriteFile
+                | AccessFs::ReadDir
+                | AccessFs::RemoveFile
+                | AccessFs::MakeReg
+                | AccessFs::Truncate;
+            let mut ruleset = Ruleset::default()
+                .set_compatibility(CompatLevel::BestEffort)
+                .handle_access(AccessFs::from_all(TARGET_ABI))?
+                .handle_access(AccessNet::from_all(TARGET_ABI))?
+                .scope(Scope::from_all(TARGET_ABI))?
+                .create()?;
+            for path in SYSTEM_READ_PATHS.iter().map(Path::new).chain([program]) {
+                // A path this system lacks needs no rule.
+                if let Ok(fd) = PathFd::new(path) {
+                    ruleset = ruleset.add_rule(PathBeneath::new(fd, read))?;
+                }
+            }
+            ruleset.add_rule(PathBeneath::new(run_folder, replica))
+        };
+        let ruleset = build().map_err(|e| SandboxError::Build(e.to_string()))?;
+        let abi = kernel_abi.min(TARGET_ABI as i64);
+        let net = if abi >= 4 { ", no tcp" } else { "" };
+        let scope = if abi >= 6 { ", scoped signals+sockets" } else { "" };
+        Ok(Sandbox {
+            ruleset: Mutex::new(Some(ruleset)),
+            required,
+            summary: format!("landlock abi {abi} (run folder only{net}{scope})"),
+        })
+    }
+
+    /// Applies the ruleset to the calling process. Called in the forked child, right before exec.
+    pub fn enforce_in_child(&self) -> std::io::Result<()> {
+        let Some(ruleset) = self.ruleset.lock().ok().and_then(|mut slot| slot.take()) else {
+            return if self.required { Err(std::io::Error::other("sandbox required but missing")) } else { Ok(()) };
+        };
+        match ruleset.restrict_self() {
+            Ok(status) if status.ruleset == RulesetStatus::NotEnforced && self.required => {
+                Err(std::io::Error::other("sandbox required but not enforced"))
+            }
+            Ok(_) => Ok(()),
+            Err(_) if !self.required => Ok(()),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    }
+}

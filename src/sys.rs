@@ -1,0 +1,134 @@
+//! Every system call the gate makes beyond std, wrapped in one place.
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// Opens the directory `name` beneath `dir` without following any symlink and without leaving `dir`
+/// (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS).
+pub fn open_dir_beneath(dir: &impl AsRawFd, name: &str) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(dir.as_raw_fd(), name, how)?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens an administrator-given directory (symlinks in it are the administrator's choice).
+pub fn open_dir(path: &Path) -> Result<OwnedFd, Errno> {
+    let fd = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The Landlock ABI version the running kernel offers; 0 when Landlock is missing or disabled.
+pub fn landlock_abi_version() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer and size 0 this call only reports the ABI version.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    version.max(0)
+}
+
+/// Creates the directory `name` in `dir` (mode 0750). `Ok(false)` when it already exists.
+pub fn make_dir_in(dir: &impl AsRawFd, name: &str) -> Result<bool, Errno> {
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o750)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `lstat` of `name` in `dir`; `None` when it does not exist.
+pub fn stat_in(dir: &impl AsRawFd, name: &str) -> Result<Option<FileStat>, Errno> {
+    match fstatat(Some(dir.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(stat) => Ok(Some(stat)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn fstat(fd: &impl AsRawFd) -> Result<FileStat, Errno> {
+    nix::sys::stat::fstat(fd.as_raw_fd())
+}
+
+pub fn is_dir(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+pub fn is_regular_file(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+/// The entries of the directory `dir` (without `.` and `..`), each with its lstat.
+pub fn list_dir(dir: &impl AsRawFd) -> Result<Vec<(String, FileStat)>, Errno> {
+    let mut listing = nix::dir::Dir::openat(
+        Some(dir.as_raw_fd()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut entries = Vec::new();
+    for entry in listing.iter() {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().to_str() else {
+            continue;
+        };
+        if name == "." || name == ".." {
+            continue;
+        }
+        if let Some(stat) = stat_in(dir, name)? {
+            entries.push((name.to_owned(), stat));
+        }
+    }
+    Ok(entries)
+}
+
+/// Takes an exclusive flock on `file` without waiting; `Ok(None)` when another process holds it.
+pub fn try_lock_exclusive(file: File) -> std::io::Result<Option<nix::fcntl::Flock<File>>> {
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// The signals the gate handles itself while its child runs.
+pub fn gate_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::Signal::*;
+    let mut set = nix::sys::signal::SigSet::empty();
+    for signal in [SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGALRM] {
+        set.add(signal);
+    }
+    set
+}
+
+/// Blocks `set` in the calling (single-threaded) gate, so the signals queue up for `sigwait`.
+pub fn block_signals(set: &nix::sys::signal::SigSet) -> Result<(), Errno> {
+    set.thread_block()
+}
+
+/// Runs in the forked child before exec: only async-signal-safe calls (raw syscalls, no allocation).
+pub fn prepare_child(fsize_limit: u64) -> std::io::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    // A write past RLIMIT_FSIZE then fails with EFBIG instead of killing the child: SQLite sees a full disk and rolls
+    // the transaction back, leaving the replica as it was.
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installing SIG_IGN runs no handler code.
+    unsafe { sigaction(Signal::SIGXFSZ, &ignore) }?;
+    setrlimit(Resource::RLIMIT_FSIZE, fsize_limit, fsize_limit)?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
+    Ok(())
+}
