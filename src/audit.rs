@@ -10,39 +10,36 @@ use std::path::Path;
 #[derive(Debug, Clone, Default)]
 pub struct Line {
     text: String,
+    /// Fields for the host's own log only (syslog, audit_log), never for stderr, which sshd sends to the worker.
+    private: String,
     pub warning: bool,
 }
 
 impl Line {
     /// An empty line; callers add `event=` with the rest of the fields.
     pub fn new() -> Line {
-        let mut line = Line { text: String::with_capacity(256), warning: false };
+        let mut line = Line { text: String::with_capacity(256), private: String::new(), warning: false };
         line.text.push_str("evosync-gate");
         line
     }
 
     /// Adds `key=value`, quoting the value when it holds anything but plain characters.
     pub fn field(mut self, key: &str, value: impl std::fmt::Display) -> Line {
-        let value = value.to_string();
-        let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:+@,".contains(&b));
-        let _ = write!(self.text, " {key}=");
-        if plain {
-            self.text.push_str(&value);
-        } else {
-            self.text.push('"');
-            for ch in value.chars() {
-                match ch {
-                    '"' => self.text.push_str("\\\""),
-                    '\\' => self.text.push_str("\\\\"),
-                    c if c.is_control() => {
-                        let _ = write!(self.text, "\\x{:02x}", c as u32);
-                    }
-                    c => self.text.push(c),
-                }
-            }
-            self.text.push('"');
-        }
+        push_field(&mut self.text, key, &value.to_string());
         self
+    }
+
+    /// Adds a field that only the host's own log sees (paths and errors of the host's configuration).
+    pub fn private_field(mut self, key: &str, value: impl std::fmt::Display) -> Line {
+        push_field(&mut self.private, key, &value.to_string());
+        self
+    }
+
+    pub fn private_field_opt(self, key: &str, value: Option<impl std::fmt::Display>) -> Line {
+        match value {
+            Some(value) => self.private_field(key, value),
+            None => self,
+        }
     }
 
     pub fn field_opt(self, key: &str, value: Option<impl std::fmt::Display>) -> Line {
@@ -57,8 +54,35 @@ impl Line {
         self
     }
 
-    pub fn as_str(&self) -> &str {
+    /// The whole line, private fields included.
+    pub fn full(&self) -> String {
+        format!("{}{}", self.text, self.private)
+    }
+
+    /// The line without its private fields.
+    pub fn public(&self) -> &str {
         &self.text
+    }
+}
+
+fn push_field(out: &mut String, key: &str, value: &str) {
+    let plain = !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:+@,".contains(&b));
+    let _ = write!(out, " {key}=");
+    if !plain {
+        out.push('"');
+    }
+    for ch in value.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    if !plain {
+        out.push('"');
     }
 }
 
@@ -74,8 +98,9 @@ impl Sink {
     }
 
     pub fn write(&self, line: &Line) {
-        if !self.to_syslog(line) {
-            let _ = writeln!(std::io::stderr().lock(), "{}", line.as_str());
+        let full = line.full();
+        if !self.to_syslog(&full, line.warning) {
+            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
         }
         if let Some(path) = &self.file {
             // One write of a whole line with O_APPEND: concurrent gates never interleave within a line.
@@ -83,7 +108,7 @@ impl Sink {
                 .append(true)
                 .create(true)
                 .open(path)
-                .and_then(|mut file| file.write_all(format!("{}\n", line.as_str()).as_bytes()));
+                .and_then(|mut file| file.write_all(format!("{full}\n").as_bytes()));
             if let Err(error) = appended {
                 let _ =
                     writeln!(std::io::stderr().lock(), "evosync-gate: cannot append to {}: {error}", path.display());
@@ -91,7 +116,7 @@ impl Sink {
         }
     }
 
-    fn to_syslog(&self, line: &Line) -> bool {
+    fn to_syslog(&self, full: &str, warning: bool) -> bool {
         let formatter = syslog::Formatter3164 {
             facility: facility(self.facility),
             hostname: None,
@@ -101,8 +126,8 @@ impl Sink {
         let Ok(mut logger) = syslog::unix(formatter) else {
             return false;
         };
-        let text = line.as_str().strip_prefix("evosync-gate ").unwrap_or(line.as_str());
-        if line.warning { logger.warning(text) } else { logger.info(text) }.is_ok()
+        let text = full.strip_prefix("evosync-gate ").unwrap_or(full);
+        if warning { logger.warning(text) } else { logger.info(text) }.is_ok()
     }
 }
 
@@ -136,9 +161,11 @@ mod tests {
             .field("party", "acme")
             .field("reason", "a \"quoted\" reason")
             .field("command", "x\ny\\z")
-            .field("empty", "");
+            .field("empty", "")
+            .private_field("detail", "/etc/x");
+        assert!(line.full().ends_with(" empty=\"\" detail=/etc/x"));
         assert_eq!(
-            line.as_str(),
+            line.public(),
             "evosync-gate event=decision party=acme reason=\"a \\\"quoted\\\" reason\" command=\"x\\x0ay\\\\z\" empty=\"\""
         );
     }

@@ -125,7 +125,7 @@ fn refuse(sink: &Sink, line: Line, listening: Option<Direction>, refusal: &Refus
             .field("verdict", "refuse")
             .field("code", refusal.code)
             .field("reason", &refusal.reason)
-            .field_opt("detail", refusal.detail.as_deref())
+            .private_field_opt("detail", refusal.detail.as_deref())
             .warning(),
     );
     reply::refuse(listening, &refusal.reason);

@@ -49,11 +49,10 @@ fn main() -> ExitCode {
             ExitCode::from(if allowed { 0 } else { 1 })
         }
         None => {
-            let invocation = Invocation {
-                party: cli.party,
-                account: account_name(),
-                command: std::env::var("SSH_ORIGINAL_COMMAND").ok(),
-            };
+            // The account name costs an NSS lookup; only per-party-account mode needs it.
+            let account = if cli.party.is_none() { account_name() } else { None };
+            let invocation =
+                Invocation { party: cli.party, account, command: std::env::var("SSH_ORIGINAL_COMMAND").ok() };
             let status = match config {
                 Ok(config) => gate::serve(&config, &invocation),
                 Err(error) => refuse_unconfigured(&invocation, &error.to_string()),
@@ -78,7 +77,7 @@ fn refuse_unconfigured(invocation: &Invocation, detail: &str) -> i32 {
             .field("verdict", "refuse")
             .field("code", refusal.code)
             .field("reason", &refusal.reason)
-            .field_opt("detail", refusal.detail.as_deref())
+            .private_field_opt("detail", refusal.detail.as_deref())
             .warning(),
     );
     evosync::reply::refuse(listening, &refusal.reason);

@@ -1,0 +1,106 @@
+//! Gate decision time: how long the gate takes to say yes or no, in-process and as a whole process (which is what
+//! every SSH connection pays), against the cost of starting `/bin/true` measured in the same run.
+//!
+//! Run: `cargo bench --bench gate_decision`. Prints figures; asserts nothing about time.
+
+use evosync::config::Config;
+use evosync::gate;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DR_CMA-MAE_run";
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = setup(dir.path());
+    let config_path = dir.path().join("evosync.yaml");
+    let allowed = format!("sqlite3_rsync --replica genomes.sqlite /data/evorun-sync/{RUN}/genomes.sqlite 2>/dev/null");
+    let refused = "sqlite3_rsync --replica genomes.sqlite /data/evorun-sync/x;id/genomes.sqlite 2>/dev/null";
+
+    let plan_time = median_of(20_000, || {
+        let plan = gate::plan(&config, "bench", Some(&allowed)).expect("allowed");
+        std::hint::black_box(plan);
+    });
+    let parse_time = median_of(100_000, || {
+        std::hint::black_box(evosync::command::parse(&allowed).expect("parses"));
+    });
+
+    let gate_bin = Path::new(env!("CARGO_BIN_EXE_evosync-gate"));
+    let true_bin = Path::new("/bin/true");
+    let runs = 300;
+    let baseline = median_of(runs, || run(Command::new(true_bin)));
+    let explain = median_of(runs, || {
+        let mut command = Command::new(gate_bin);
+        command.arg("--config").arg(&config_path).args(["explain", "--party", "bench", "--"]).arg(&allowed);
+        run(command)
+    });
+    let refusal = median_of(runs, || {
+        let mut command = Command::new(gate_bin);
+        command.arg("--config").arg(&config_path).args(["--party", "bench"]).env("SSH_ORIGINAL_COMMAND", refused);
+        run(command)
+    });
+
+    println!("gate decision time (medians; {runs} process runs, this machine, same run):");
+    println!("  parse SSH_ORIGINAL_COMMAND (in-process)          {:>9.2} us", us(parse_time));
+    println!("  parse + load policy + decide (in-process)         {:>9.2} us", us(plan_time));
+    println!("  baseline: spawn /bin/true                         {:>9.2} us", us(baseline));
+    println!(
+        "  evosync-gate explain (allowed push), whole process {:>9.2} us  ({:.2}x baseline, +{:.2} us)",
+        us(explain),
+        ratio(explain, baseline),
+        us(explain.saturating_sub(baseline))
+    );
+    println!(
+        "  evosync-gate refusal (with audit), whole process   {:>9.2} us  ({:.2}x baseline, +{:.2} us)",
+        us(refusal),
+        ratio(refusal, baseline),
+        us(refusal.saturating_sub(baseline))
+    );
+}
+
+fn setup(dir: &Path) -> Config {
+    for sub in ["replicas/bench", "policies", "state"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("mkdir");
+    }
+    std::fs::write(
+        dir.join("policies/bench.yaml"),
+        "party: bench\npush: true\ncreate_runs: true\npath_prefixes: [/data/evorun-sync]\n",
+    )
+    .expect("policy");
+    let text = format!(
+        "replica_root: {0}/replicas\npolicies_dir: {0}/policies\nstate_dir: {0}/state\n\
+         sqlite3_rsync: /usr/local/bin/sqlite3_rsync\naudit_log: {0}/audit.log\n",
+        dir.display()
+    );
+    std::fs::write(dir.join("evosync.yaml"), &text).expect("config");
+    Config::parse(&text).expect("config parses")
+}
+
+fn run(mut command: Command) {
+    let status = command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
+    std::hint::black_box(status);
+}
+
+fn median_of(n: usize, mut f: impl FnMut()) -> Duration {
+    for _ in 0..n.min(20) {
+        f();
+    }
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n / 2]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
