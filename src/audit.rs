@@ -1,5 +1,5 @@
-//! Audit: each gate decision and each outcome is one structured `key=value` line, to syslog (LOG_AUTH by default), or
-//! to stderr where no syslog socket exists, and also to `audit_log` when the configuration names one.
+//! Audit: each gate decision and each outcome is one structured `key=value` line, to syslog (LOG_AUTH by default) and
+//! to `audit_log` when the configuration names one; to stderr where neither is available, so no record is lost.
 
 use crate::config::SyslogFacility;
 use std::fmt::Write as _;
@@ -97,22 +97,22 @@ impl Sink {
         Sink { facility, file: file.map(Path::to_owned) }
     }
 
+    /// Writes the line to syslog and to `audit_log`; to stderr only when neither took it, so no record is lost.
     pub fn write(&self, line: &Line) {
         let full = line.full();
-        if !self.to_syslog(&full, line.warning) {
-            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
-        }
-        if let Some(path) = &self.file {
+        let logged = self.to_syslog(&full, line.warning);
+        let filed = match &self.file {
             // One write of a whole line with O_APPEND: concurrent gates never interleave within a line.
-            let appended = std::fs::OpenOptions::new()
+            Some(path) => std::fs::OpenOptions::new()
                 .append(true)
                 .create(true)
                 .open(path)
-                .and_then(|mut file| file.write_all(format!("{full}\n").as_bytes()));
-            if let Err(error) = appended {
-                let _ =
-                    writeln!(std::io::stderr().lock(), "evosync-gate: cannot append to {}: {error}", path.display());
-            }
+                .and_then(|mut file| file.write_all(format!("{full}\n").as_bytes()))
+                .is_ok(),
+            None => false,
+        };
+        if !logged && !filed {
+            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
         }
     }
 

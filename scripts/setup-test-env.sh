@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine for evosync's tests and demo; safe to run again.
+#  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), build tools;
+#  - the stock sqlite3_rsync >= 3.50, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
+#  - the gate accounts: `evosync` (shared-account mode) and `evosync-acme`, `evosync-beta` (per-party mode).
+# Gate accounts get the plain /bin/sh and a root-owned, empty home: sshd runs a forced command through the login
+# shell, and would run ~/.ssh/rc from a home the party could write.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup-test-env: run as root (it installs packages and creates accounts)" >&2
+  exit 1
+fi
+
+missing=()
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+for tool in gcc make tclsh xz; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  # tool names to package names
+  packages=()
+  for item in "${missing[@]}"; do
+    case $item in
+      tclsh) packages+=(tcl) ;;
+      xz) packages+=(xz-utils) ;;
+      *) packages+=("$item") ;;
+    esac
+  done
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
+fi
+
+scripts/build-sqlite3-rsync.sh /usr/local/bin/sqlite3_rsync
+
+# sshd's privilege separation folder (systemd makes it when sshd runs as a service).
+install -d -m 0755 /run/sshd
+
+home=/var/lib/evosync-home
+install -d -o root -g root -m 0755 "$home"
+getent group evosync >/dev/null || groupadd --system evosync
+for account in evosync evosync-acme evosync-beta; do
+  if ! getent passwd "$account" >/dev/null; then
+    useradd --system --gid evosync --home-dir "$home" --no-create-home --shell /bin/sh "$account"
+  fi
+  # '*' rather than useradd's locked '!': sshd refuses locked accounts even for keys, and no password matches '*'.
+  usermod --password '*' --shell /bin/sh --home "$home" "$account"
+done
+echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), accounts evosync evosync-acme evosync-beta"
