@@ -26,10 +26,38 @@ pub struct Config {
     /// How long a push waits for another push of the same replica, or for a free party slot, before it is refused.
     #[serde(default = "default_lock_wait_seconds")]
     pub lock_wait_seconds: u64,
+    /// The authorized_keys file evosync manages (its `# BEGIN evosync` block); none in AuthorizedKeysCommand mode.
+    #[serde(default)]
+    pub authorized_keys: Option<PathBuf>,
+    /// The gate as sshd runs it, for the `command=` of each key line.
+    #[serde(default = "default_gate")]
+    pub gate: PathBuf,
+    /// Which account owns a party's tree: `shared` (the `evosync` account) or `per-party` (`evosync-NAME`).
+    #[serde(default)]
+    pub account_mode: AccountMode,
+    /// Where `evosync serve` listens; loopback unless the administrator says otherwise.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccountMode {
+    #[default]
+    Shared,
+    PerParty,
 }
 
 fn default_lock_wait_seconds() -> u64 {
     30
+}
+
+fn default_gate() -> PathBuf {
+    PathBuf::from("/usr/local/bin/evosync-gate")
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:4004".into()
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -88,10 +116,21 @@ impl Config {
                 return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
             }
         }
-        if let Some(path) = &config.audit_log {
-            if !path.is_absolute() {
-                return Err(format!("audit_log must be an absolute path, not '{}'", path.display()));
+        for (key, path) in [("audit_log", &config.audit_log), ("authorized_keys", &config.authorized_keys)] {
+            if let Some(path) = path {
+                if !path.is_absolute() {
+                    return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
+                }
             }
+        }
+        if !crate::keys::path_is_plain(&config.gate) {
+            return Err(format!(
+                "gate must be an absolute path of plain characters (it goes into authorized_keys), not '{}'",
+                config.gate.display()
+            ));
+        }
+        if config.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(format!("listen must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", config.listen));
         }
         Ok(config)
     }
@@ -99,6 +138,19 @@ impl Config {
     /// Where a party's policy lives.
     pub fn policy_path(&self, party: &str) -> PathBuf {
         self.policies_dir.join(format!("{party}.yaml"))
+    }
+
+    /// The state store.
+    pub fn store_path(&self) -> PathBuf {
+        self.state_dir.join(crate::store::STORE_FILE)
+    }
+
+    /// The account that owns a party's tree and runs its gate.
+    pub fn tree_owner(&self, party: &str) -> String {
+        match self.account_mode {
+            AccountMode::Shared => "evosync".into(),
+            AccountMode::PerParty => format!("evosync-{party}"),
+        }
     }
 
     /// Where the gate keeps its per-replica and per-party lock files.

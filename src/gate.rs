@@ -12,6 +12,7 @@ use crate::names::is_party_name;
 use crate::policy::Policy;
 use crate::reply;
 use crate::sandbox::Sandbox;
+use crate::store::{AuditEntry, LedgerRow, Store};
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
@@ -44,6 +45,8 @@ impl Refusal {
 pub struct Invocation {
     /// `--party NAME`, else derived from the Unix account (`evosync-NAME`).
     pub party: Option<String>,
+    /// `--key ID`: a key registered in the state store, which names the party.
+    pub key: Option<String>,
     pub account: Option<String>,
     /// `SSH_ORIGINAL_COMMAND`; `None` for an interactive login.
     pub command: Option<String>,
@@ -93,43 +96,133 @@ pub fn plan(config: &Config, party: &str, command_line: Option<&str>) -> Result<
     Ok(Plan { party: party.to_owned(), policy, decision })
 }
 
-/// Serves one SSH session. Returns the process exit status.
-pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
-    let sink = Sink::new(config.syslog_facility, config.audit_log.as_deref());
-    let command_line = invocation.command.as_deref();
-    let listening = command_line.and_then(command::looks_like_sqlite3_rsync);
-    let base = || Line::new().field_opt("command", command_line);
-    let party = match party_of(invocation) {
-        Ok(party) => party,
-        Err(refusal) => return refuse(&sink, base(), listening, &refusal),
-    };
-    let plan = match plan(config, &party, command_line) {
-        Ok(plan) => plan,
-        Err(refusal) => return refuse(&sink, base().field("party", &party), listening, &refusal),
-    };
-    let line = base()
-        .field("party", &plan.party)
-        .field("run", &plan.decision.run)
-        .field_opt("database", plan.decision.database.as_deref())
-        .field("action", action_name(&plan.decision.action));
-    match act(config, &plan, &sink, line.clone()) {
-        Ok(status) => status,
-        Err(refusal) => refuse(&sink, line, listening, &refusal),
-    }
+/// What one session writes its records to: the audit sink and, when there is one, the state store.
+struct Recorder<'a> {
+    sink: Sink,
+    store: Option<Store>,
+    actor: String,
+    listening: Option<Direction>,
+    command_line: Option<&'a str>,
 }
 
-fn refuse(sink: &Sink, line: Line, listening: Option<Direction>, refusal: &Refusal) -> i32 {
-    sink.write(
-        &line
+impl Recorder<'_> {
+    fn base(&self) -> Line {
+        Line::new().field_opt("command", self.command_line)
+    }
+
+    /// One audit line, and one record in the store's hash-chained trail.
+    fn record(&self, line: &Line, party: &str, subject: &str, outcome: &str, detail: &str) {
+        self.sink.write(line);
+        if let Some(store) = &self.store {
+            let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
+            if let Err(error) = store.append_audit(&entry) {
+                self.sink.write(&Line::new().field("event", "store-error").field("error", error).warning());
+            }
+        }
+    }
+
+    fn refuse(&self, line: Line, party: &str, subject: &str, refusal: &Refusal) -> i32 {
+        let line = line
             .field("event", "decision")
             .field("verdict", "refuse")
             .field("code", refusal.code)
             .field("reason", &refusal.reason)
             .private_field_opt("detail", refusal.detail.as_deref())
-            .warning(),
+            .warning();
+        let detail = match &refusal.detail {
+            Some(detail) => format!("{}; {detail}", refusal.reason),
+            None => refusal.reason.clone(),
+        };
+        self.record(&line, party, subject, &format!("refuse:{}", refusal.code), &detail);
+        reply::refuse(self.listening, &refusal.reason);
+        REFUSED
+    }
+}
+
+/// Serves one SSH session. Returns the process exit status.
+pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
+    let command_line = invocation.command.as_deref();
+    let mut recorder = Recorder {
+        sink: Sink::new(config.syslog_facility, config.audit_log.as_deref()),
+        store: None,
+        actor: match &invocation.key {
+            Some(key) => format!("gate:key:{key}"),
+            None => "gate".to_owned(),
+        },
+        listening: command_line.and_then(command::looks_like_sqlite3_rsync),
+        command_line,
+    };
+    // The store is where keys are checked and pushes recorded. With --key it is required; without, it is used
+    // when it exists (a host that has never run `evosync init` has none).
+    let store_path = config.store_path();
+    if invocation.key.is_some() || store_path.exists() {
+        match Store::open_existing(&store_path) {
+            Ok(store) => recorder.store = Some(store),
+            Err(error) if invocation.key.is_some() => {
+                let refusal =
+                    Refusal::new("internal", "the central host cannot check keys now; tell the administrator")
+                        .with_detail(error);
+                return recorder.refuse(recorder.base(), "", "", &refusal);
+            }
+            Err(_) => {}
+        }
+    }
+    let key_party = match (&invocation.key, &recorder.store) {
+        (Some(key), Some(store)) => match key_holder(store, key, invocation.party.as_deref()) {
+            Ok(party) => Some(party),
+            Err(refusal) => return recorder.refuse(recorder.base().field("key", key), "", "", &refusal),
+        },
+        _ => None,
+    };
+    let party = match key_party.map(Ok).unwrap_or_else(|| party_of(invocation)) {
+        Ok(party) => party,
+        Err(refusal) => return recorder.refuse(recorder.base(), "", "", &refusal),
+    };
+    let with_key = |line: Line| line.field_opt("key", invocation.key.as_deref());
+    let plan = match plan(config, &party, command_line) {
+        Ok(plan) => plan,
+        Err(refusal) => return recorder.refuse(with_key(recorder.base().field("party", &party)), &party, "", &refusal),
+    };
+    let line = with_key(
+        recorder
+            .base()
+            .field("party", &plan.party)
+            .field("run", &plan.decision.run)
+            .field_opt("database", plan.decision.database.as_deref())
+            .field("action", action_name(&plan.decision.action)),
     );
-    reply::refuse(listening, &refusal.reason);
-    REFUSED
+    let subject = match &plan.decision.database {
+        Some(database) => format!("{}/{database}", plan.decision.run),
+        None => plan.decision.run.clone(),
+    };
+    match act(config, &plan, &recorder, invocation.key.as_deref(), line.clone(), &subject) {
+        Ok(status) => status,
+        Err(refusal) => recorder.refuse(line, &plan.party, &subject, &refusal),
+    }
+}
+
+/// The party a registered key speaks for, when the key may be used now (defence in depth: the authorized_keys file
+/// may lag behind a revoke).
+fn key_holder(store: &Store, key: &str, party_flag: Option<&str>) -> Result<String, Refusal> {
+    let found = store.ssh_key_with_party(key).map_err(|e| {
+        Refusal::new("internal", "the central host cannot check keys now; tell the administrator").with_detail(e)
+    })?;
+    let Some((key, party_enabled)) = found else {
+        return Err(Refusal::new("key", "this SSH key is not registered on this host; ask the administrator"));
+    };
+    if let Some(state) = crate::store::key_state(key.revoked_at, key.expires_at, party_enabled, crate::store::now()) {
+        let reason = match state {
+            "revoked" => "this SSH key was revoked; ask the administrator for a new one".to_owned(),
+            "expired" => "this SSH key has expired; ask the administrator to renew it".to_owned(),
+            _ => format!("party '{}' is disabled on this host; ask the administrator", key.party),
+        };
+        return Err(Refusal::new("key", reason));
+    }
+    if party_flag.is_some_and(|p| p != key.party) {
+        return Err(Refusal::new("key", "this key's line names another party; tell the administrator"));
+    }
+    let _ = store.touch_ssh_key(&key.id);
+    Ok(key.party)
 }
 
 fn action_name(action: &Action) -> &'static str {
@@ -141,7 +234,14 @@ fn action_name(action: &Action) -> &'static str {
 }
 
 /// Carries out an allowed plan: the only part of the gate that writes.
-fn act(config: &Config, plan: &Plan, sink: &Sink, line: Line) -> Result<i32, Refusal> {
+fn act(
+    config: &Config,
+    plan: &Plan,
+    recorder: &Recorder<'_>,
+    key: Option<&str>,
+    line: Line,
+    subject: &str,
+) -> Result<i32, Refusal> {
     let confine = |e: crate::confine::ConfineError| Refusal::new("confine", e);
     let tree = PartyTree::open(&config.replica_root, &plan.party).map_err(|e| {
         Refusal::new("confine", format!("party '{}' has no tree on this host; tell the administrator", plan.party))
@@ -151,14 +251,19 @@ fn act(config: &Config, plan: &Plan, sink: &Sink, line: Line) -> Result<i32, Ref
     let decision = &plan.decision;
     let (flags, pushing) = match decision.action {
         Action::MakeRunDir => {
+            claim_run(recorder, plan)?;
             let folder = tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs).map_err(confine)?;
-            sink.write(&line.field("event", "decision").field("verdict", "allow").field("created", folder.created));
+            let line = line.field("event", "decision").field("verdict", "allow").field("created", folder.created);
+            recorder.record(&line, &plan.party, subject, "allow", if folder.created { "created" } else { "exists" });
             return Ok(0);
         }
         Action::Push { wal_only, commcheck } => ((wal_only, commcheck), true),
         Action::Pull { wal_only, commcheck } => ((wal_only, commcheck), false),
     };
     let database = decision.database.as_deref().unwrap_or_default();
+    if pushing {
+        claim_run(recorder, plan)?;
+    }
     let folder = if pushing {
         tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs).map_err(confine)?
     } else {
@@ -204,14 +309,14 @@ fn act(config: &Config, plan: &Plan, sink: &Sink, line: Line) -> Result<i32, Ref
         e => Refusal::new("busy", e),
     })?;
     let args = sync_arguments(decision, flags, &folder.database_path(database));
-    sink.write(
-        &line
-            .clone()
-            .field("event", "decision")
-            .field("verdict", "allow")
-            .field("sandbox", &sandbox_summary)
-            .field("fsize_limit", fsize_limit),
-    );
+    let allow = line
+        .clone()
+        .field("event", "decision")
+        .field("verdict", "allow")
+        .field("sandbox", &sandbox_summary)
+        .field("fsize_limit", fsize_limit);
+    recorder.record(&allow, &plan.party, subject, "allow", &sandbox_summary);
+    let started_at = crate::store::now();
     let launch =
         Launch { program, args, working_dir: &folder.path, fsize_limit, sandbox, max_seconds: limits.max_sync_seconds };
     let outcome = handover::run(launch).map_err(|e| {
@@ -219,15 +324,43 @@ fn act(config: &Config, plan: &Plan, sink: &Sink, line: Line) -> Result<i32, Ref
     })?;
     drop(locks);
     let after = folder.database_size(database);
-    sink.write(
-        &line
-            .field("event", "outcome")
-            .field("verdict", "done")
-            .field("exit", outcome.exit)
-            .field("seconds", format!("{:.3}", outcome.seconds))
-            .field_opt("replica_bytes", after),
-    );
+    let done = line
+        .field("event", "outcome")
+        .field("verdict", "done")
+        .field("exit", outcome.exit)
+        .field("seconds", format!("{:.3}", outcome.seconds))
+        .field_opt("replica_bytes", after);
+    recorder.record(&done, &plan.party, subject, &format!("done:{}", outcome.exit), "");
+    if let Some(store) = &recorder.store {
+        let row = LedgerRow {
+            party: plan.party.clone(),
+            key_id: key.map(str::to_owned),
+            run: decision.run.clone(),
+            database: database.to_owned(),
+            started_at,
+            seconds: outcome.seconds,
+            exit: outcome.exit.to_string(),
+            replica_bytes: after,
+        };
+        if let Err(error) = store.record_sync(&row) {
+            recorder.sink.write(&Line::new().field("event", "store-error").field("error", error).warning());
+        }
+    }
     Ok(outcome.exit.status())
+}
+
+/// Claims the run folder for the party in the store: a folder is one party's, across all parties.
+fn claim_run(recorder: &Recorder<'_>, plan: &Plan) -> Result<(), Refusal> {
+    let Some(store) = &recorder.store else { return Ok(()) };
+    match store.claim_run(&plan.party, &plan.decision.run) {
+        Ok(_) => Ok(()),
+        Err(crate::store::StoreError::RunOwned { run, .. }) => Err(Refusal::new(
+            "run",
+            format!("run '{run}' belongs to another party; name your runs with your own ULIDs"),
+        )),
+        Err(error) => Err(Refusal::new("internal", "the central host cannot record the run; tell the administrator")
+            .with_detail(error)),
+    }
 }
 
 /// The argument vector for the configured sqlite3_rsync: the mode, the accepted flags, then the names in the order
@@ -310,4 +443,33 @@ fn refusal_text(refusal: &Refusal) -> String {
         Some(detail) => format!("refuse ({}): {}\ndetail: {detail}", refusal.code, refusal.reason),
         None => format!("refuse ({}): {}", refusal.code, refusal.reason),
     }
+}
+
+/// AuthorizedKeysCommand: the authorized_keys line for the key sshd was presented, when that key is active and
+/// belongs to the account logging in; `None` otherwise. One indexed lookup.
+pub fn authorized_keys_for(
+    config: &Config,
+    config_path: &Path,
+    user: &str,
+    key_type: &str,
+    blob: &str,
+) -> Result<Option<String>, crate::store::StoreError> {
+    let store = Store::open_existing(&config.store_path())?;
+    let Some((key, party_enabled)) = store.ssh_key_by_blob(key_type, blob)? else { return Ok(None) };
+    if crate::store::key_state(key.revoked_at, key.expires_at, party_enabled, crate::store::now()).is_some() {
+        return Ok(None);
+    }
+    if config.tree_owner(&key.party) != user {
+        return Ok(None);
+    }
+    let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
+    let line = crate::keys::KeyLine {
+        key_id: &key.id,
+        party: &key.party,
+        algorithm: &key.algorithm,
+        blob: &key.blob,
+        from: &key.from,
+        expires_at: key.expires_at,
+    };
+    Ok(Some(crate::keys::authorized_keys_line(&line, &config.gate, &config_path)))
 }

@@ -15,6 +15,9 @@ struct Cli {
     /// The party this key belongs to (authorized_keys mode); otherwise taken from the account name evosync-NAME.
     #[arg(long)]
     party: Option<String>,
+    /// The registered key this session logged in with; the state store names its party.
+    #[arg(long)]
+    key: Option<String>,
     #[command(subcommand)]
     command: Option<Tool>,
 }
@@ -28,6 +31,15 @@ enum Tool {
         /// The command as sshd would pass it in SSH_ORIGINAL_COMMAND.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// For sshd's AuthorizedKeysCommand (`%u %t %k`): prints the key's line when it is active, nothing otherwise.
+    AuthorizedKeys {
+        /// The account logging in (%u).
+        user: String,
+        /// The key type (%t).
+        key_type: String,
+        /// The base64 key (%k).
+        key: String,
     },
 }
 
@@ -48,11 +60,32 @@ fn main() -> ExitCode {
             println!("{text}");
             ExitCode::from(if allowed { 0 } else { 1 })
         }
+        Some(Tool::AuthorizedKeys { user, key_type, key }) => match config {
+            Ok(config) => match evosync::gate::authorized_keys_for(&config, &config_path, &user, &key_type, &key) {
+                Ok(Some(line)) => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("evosync-gate: {error}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(error) => {
+                eprintln!("evosync-gate: {error}");
+                ExitCode::FAILURE
+            }
+        },
         None => {
             // The account name costs an NSS lookup; only per-party-account mode needs it.
-            let account = if cli.party.is_none() { account_name() } else { None };
-            let invocation =
-                Invocation { party: cli.party, account, command: std::env::var("SSH_ORIGINAL_COMMAND").ok() };
+            let account = if cli.party.is_none() && cli.key.is_none() { account_name() } else { None };
+            let invocation = Invocation {
+                party: cli.party,
+                key: cli.key,
+                account,
+                command: std::env::var("SSH_ORIGINAL_COMMAND").ok(),
+            };
             let status = match config {
                 Ok(config) => gate::serve(&config, &invocation),
                 Err(error) => refuse_unconfigured(&invocation, &error.to_string()),

@@ -1,0 +1,381 @@
+//! Administrative operations, shared by the command line and the admin HTTP API: each one checks its input, changes
+//! the store (and the files that follow from it), and leaves one record in the audit trail.
+
+use crate::authorized_keys::{self, Drift};
+use crate::config::Config;
+use crate::keys::{self, authorized_keys_line, KeyLine};
+use crate::names::is_party_name;
+use crate::secrets::{self, VerifiedCache, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
+use crate::store::{self, ApiKey, AuditEntry, LedgerRow, Party, SshKey, Store, StoreError};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+impl AdminError {
+    /// The HTTP status that fits: the caller's mistake (4xx) or the host's (5xx).
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::Store(
+                StoreError::NoSuchParty(_) | StoreError::NoSuchSshKey(_) | StoreError::NoSuchApiKey(_),
+            ) => 404,
+            AdminError::NotFound(_) => 404,
+            AdminError::Store(
+                StoreError::PartyExists(_) | StoreError::KeyRegistered { .. } | StoreError::RunOwned { .. },
+            ) => 409,
+            AdminError::Key(_) | AdminError::Invalid(_) => 400,
+            AdminError::Store(_) | AdminError::Io { .. } => 500,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, AdminError>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AdminError {
+    let what = what.into();
+    move |source| AdminError::Io { what, source }
+}
+
+/// The policy a new party starts with: push into its own runs under the workers' usual prefix, nothing more.
+pub fn policy_template(party: &str) -> String {
+    format!(
+        "# Policy of party {party}, written by `evosync party add`; check changes with `evosync policy check`.\n\
+         party: {party}\npush: true\npull: false\ncreate_runs: true\npath_prefixes: [/data/evorun-sync]\n\
+         databases: [genomes.sqlite, features.sqlite]\nlimits:\n  max_runs: 1000\n  max_db_bytes: 16GiB\n\
+         \x20 max_party_bytes: 500GiB\n  max_concurrent_syncs: 4\n  max_sync_seconds: 3600\nrequire_sandbox: true\n"
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct AddedSshKey {
+    pub key: SshKey,
+    pub authorized_keys_line: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IssuedApiKey {
+    pub key: ApiKey,
+    /// Shown once; only its argon2id hash is kept.
+    pub api_key: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartyView {
+    pub party: Party,
+    pub policy: String,
+    pub ssh_keys: Vec<SshKey>,
+    pub api_keys: Vec<ApiKey>,
+    pub runs: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    pub run: String,
+    pub party: String,
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplicaView {
+    pub database: String,
+    pub bytes: Option<u64>,
+    pub last_push: Option<LedgerRow>,
+}
+
+pub struct Admin<'a> {
+    pub config: &'a Config,
+    pub config_path: PathBuf,
+    pub store: Store,
+    /// Who acts: `cli:USER`, `http:admin`, …
+    pub actor: String,
+}
+
+impl<'a> Admin<'a> {
+    pub fn open(config: &'a Config, config_path: &Path, actor: String) -> Result<Admin<'a>> {
+        let store = Store::open(&config.store_path())?;
+        Ok(Admin::from_parts(config, config_path.to_owned(), store, actor))
+    }
+
+    pub fn from_parts(config: &'a Config, config_path: PathBuf, store: Store, actor: String) -> Admin<'a> {
+        let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
+        Admin { config, config_path, store, actor }
+    }
+
+    pub fn into_store(self) -> Store {
+        self.store
+    }
+
+    fn audit(&self, action: &str, party: &str, subject: &str, detail: &str) -> Result<()> {
+        self.store.append_audit(&AuditEntry { actor: &self.actor, action, party, subject, outcome: "ok", detail })?;
+        Ok(())
+    }
+
+    // ---- parties ----
+
+    /// Registers a party, writes its policy from the template unless one exists, and creates its tree.
+    pub fn add_party(&self, name: &str) -> Result<Party> {
+        if !is_party_name(name) {
+            return Err(AdminError::Invalid(format!(
+                "'{name}' is not a party name: 1-32 of a-z, 0-9, '-', '_', starting with a letter or digit"
+            )));
+        }
+        let party = self.store.add_party(name)?;
+        let policy = self.config.policy_path(name);
+        if !policy.exists() {
+            std::fs::create_dir_all(&self.config.policies_dir).map_err(io("creating policies_dir"))?;
+            write_new_file(&policy, policy_template(name).as_bytes(), 0o644)
+                .map_err(io(format!("writing {}", policy.display())))?;
+        }
+        let root = self.config.replica_root.join(name);
+        std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
+        chown_to_account(&root, &self.config.tree_owner(name));
+        self.audit("party.add", name, name, "")?;
+        Ok(party)
+    }
+
+    pub fn parties(&self) -> Result<Vec<Party>> {
+        Ok(self.store.parties()?)
+    }
+
+    pub fn show_party(&self, name: &str) -> Result<PartyView> {
+        let party = self.store.require_party(name)?;
+        Ok(PartyView {
+            policy: self.config.policy_path(name).display().to_string(),
+            ssh_keys: self.store.ssh_keys(Some(name))?,
+            api_keys: self.store.api_keys(Some(name))?,
+            runs: self.store.runs(Some(name))?.len(),
+            party,
+        })
+    }
+
+    /// Disabling stops every key of the party at once: the file drops its lines, and the gate and the HTTP service
+    /// check the party on each use.
+    pub fn set_party_enabled(&self, name: &str, enabled: bool) -> Result<Party> {
+        let party = self.store.set_party_enabled(name, enabled)?;
+        self.audit(if enabled { "party.enable" } else { "party.disable" }, name, name, "")?;
+        self.sync_authorized_keys()?;
+        Ok(party)
+    }
+
+    // ---- SSH keys ----
+
+    pub fn add_ssh_key(
+        &self,
+        party: &str,
+        public_key: &str,
+        expires: Option<&str>,
+        from: Option<&str>,
+        comment: Option<&str>,
+    ) -> Result<AddedSshKey> {
+        self.store.require_party(party)?;
+        let parsed = keys::parse_public_key(public_key)?;
+        let expires_at = expires.map(store::parse_date).transpose().map_err(AdminError::Invalid)?;
+        if expires_at.is_some_and(|at| at <= store::now()) {
+            return Err(AdminError::Invalid("--expires is in the past".into()));
+        }
+        let from = from.map(keys::parse_cidrs).transpose()?.unwrap_or_default();
+        let key = SshKey {
+            id: store::new_id(),
+            party: party.to_owned(),
+            algorithm: parsed.algorithm,
+            blob: parsed.blob,
+            fingerprint: parsed.fingerprint,
+            comment: comment.map(str::to_owned).unwrap_or(parsed.comment),
+            from,
+            expires_at,
+            created_at: store::now(),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.add_ssh_key(&key)?;
+        self.audit("ssh-key.add", party, &key.id, &key.fingerprint)?;
+        self.sync_authorized_keys()?;
+        let authorized_keys_line = self.line_for(&key);
+        Ok(AddedSshKey { key, authorized_keys_line })
+    }
+
+    pub fn ssh_keys(&self, party: Option<&str>) -> Result<Vec<SshKey>> {
+        if let Some(party) = party {
+            self.store.require_party(party)?;
+        }
+        Ok(self.store.ssh_keys(party)?)
+    }
+
+    pub fn revoke_ssh_key(&self, id_or_fingerprint: &str) -> Result<SshKey> {
+        let key = self.store.revoke_ssh_key(id_or_fingerprint)?;
+        self.audit("ssh-key.revoke", &key.party, &key.id, &key.fingerprint)?;
+        self.sync_authorized_keys()?;
+        Ok(key)
+    }
+
+    pub fn line_for(&self, key: &SshKey) -> String {
+        authorized_keys_line(
+            &KeyLine {
+                key_id: &key.id,
+                party: &key.party,
+                algorithm: &key.algorithm,
+                blob: &key.blob,
+                from: &key.from,
+                expires_at: key.expires_at,
+            },
+            &self.config.gate,
+            &self.config_path,
+        )
+    }
+
+    /// The managed block as the store says it should be: one line per active key.
+    pub fn authorized_key_lines(&self) -> Result<Vec<String>> {
+        Ok(self.store.active_ssh_keys()?.iter().map(|key| self.line_for(key)).collect())
+    }
+
+    /// Rewrites the managed authorized_keys file, when the configuration names one. Returns the lines written.
+    pub fn sync_authorized_keys(&self) -> Result<Option<usize>> {
+        let Some(path) = &self.config.authorized_keys else { return Ok(None) };
+        if !keys::path_is_plain(&self.config_path) {
+            return Err(AdminError::Invalid(format!(
+                "the configuration path {} cannot stand in authorized_keys unquoted; move it",
+                self.config_path.display()
+            )));
+        }
+        let written = authorized_keys::rewrite(path, || self.authorized_key_lines())?;
+        Ok(Some(written))
+    }
+
+    pub fn write_authorized_keys(&self) -> Result<usize> {
+        let written = self.sync_authorized_keys()?.ok_or_else(|| {
+            AdminError::Invalid("the configuration names no authorized_keys file (AuthorizedKeysCommand mode)".into())
+        })?;
+        self.audit("authorized-keys.write", "", "", &format!("{written} lines"))?;
+        Ok(written)
+    }
+
+    pub fn check_authorized_keys(&self) -> Result<Drift> {
+        let path = self.config.authorized_keys.as_ref().ok_or_else(|| {
+            AdminError::Invalid("the configuration names no authorized_keys file (AuthorizedKeysCommand mode)".into())
+        })?;
+        authorized_keys::drift(path, &self.authorized_key_lines()?).map_err(io(format!("reading {}", path.display())))
+    }
+
+    // ---- API keys ----
+
+    pub fn issue_api_key(&self, party: &str, name: Option<&str>, expires: Option<&str>) -> Result<IssuedApiKey> {
+        self.store.require_party(party)?;
+        let expires_at = expires.map(store::parse_date).transpose().map_err(AdminError::Invalid)?;
+        if expires_at.is_some_and(|at| at <= store::now()) {
+            return Err(AdminError::Invalid("--expires is in the past".into()));
+        }
+        let secret = secrets::generate(API_KEY_PREFIX);
+        let key = ApiKey {
+            id: secret.id.clone(),
+            party: party.to_owned(),
+            name: name.unwrap_or_default().to_owned(),
+            secret_hash: secret.hash,
+            expires_at,
+            created_at: store::now(),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.add_api_key(&key)?;
+        self.audit("api-key.issue", party, &key.id, &key.name)?;
+        Ok(IssuedApiKey { key, api_key: secret.token })
+    }
+
+    pub fn api_keys(&self, party: Option<&str>) -> Result<Vec<ApiKey>> {
+        if let Some(party) = party {
+            self.store.require_party(party)?;
+        }
+        Ok(self.store.api_keys(party)?)
+    }
+
+    pub fn revoke_api_key(&self, id: &str) -> Result<ApiKey> {
+        let key = self.store.revoke_api_key(id)?;
+        self.audit("api-key.revoke", &key.party, &key.id, &key.name)?;
+        Ok(key)
+    }
+
+    // ---- runs, audit, admin tokens ----
+
+    pub fn runs(&self) -> Result<Vec<RunView>> {
+        let mut views = Vec::new();
+        for run in self.store.runs(None)? {
+            let pushes = self.store.last_syncs(&run.party, &run.name)?;
+            let folder = self.config.replica_root.join(&run.party).join(&run.name);
+            let policy = crate::policy::Policy::load(&self.config.policy_path(&run.party), &run.party).ok();
+            let databases: Vec<String> = match policy {
+                Some(policy) => policy.databases,
+                None => crate::policy::DEFAULT_DATABASES.iter().map(|s| s.to_string()).collect(),
+            };
+            let replicas = databases
+                .into_iter()
+                .map(|database| ReplicaView {
+                    bytes: std::fs::symlink_metadata(folder.join(&database))
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .map(|m| m.len()),
+                    last_push: pushes.iter().find(|p| p.database == database).cloned(),
+                    database,
+                })
+                .collect();
+            views.push(RunView { run: run.name, party: run.party, replicas });
+        }
+        Ok(views)
+    }
+
+    pub fn audit_records(&self, after: i64, limit: u32) -> Result<Vec<store::AuditRecord>> {
+        Ok(self.store.audit(after, limit)?)
+    }
+
+    /// A new admin token, shown once.
+    pub fn issue_admin_token(&self) -> Result<String> {
+        let secret = secrets::generate(ADMIN_TOKEN_PREFIX);
+        self.store.add_admin_token(&secret.id, &secret.hash)?;
+        self.audit("admin-token.issue", "", &secret.id, "")?;
+        Ok(secret.token)
+    }
+}
+
+/// Checks an admin Bearer token.
+pub fn admin_token_ok(store: &Store, cache: &VerifiedCache, token: &str) -> bool {
+    let Some((id, secret)) = secrets::parse(ADMIN_TOKEN_PREFIX, token) else { return false };
+    match store.admin_token_hash(id) {
+        Ok(Some(hash)) => cache.check(id, secret, &hash),
+        _ => false,
+    }
+}
+
+/// Writes a file that must not exist yet (never clobbers an administrator's file).
+pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Gives a party tree to its account when running as root and the account exists; otherwise leaves it be.
+pub fn chown_to_account(path: &Path, account: &str) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    if let Ok(Some(user)) = nix::unistd::User::from_name(account) {
+        let _ = nix::unistd::chown(path, Some(user.uid), Some(user.gid));
+    }
+}
+
+impl From<std::io::Error> for AdminError {
+    fn from(source: std::io::Error) -> Self {
+        AdminError::Io { what: "authorized_keys".into(), source }
+    }
+}
