@@ -50,4 +50,8 @@ for account in evosync evosync-acme evosync-beta; do
   # '*' rather than useradd's locked '!': sshd refuses locked accounts even for keys, and no password matches '*'.
   usermod --password '*' --shell /bin/sh --home "$home" "$account"
 done
-echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), accounts evosync evosync-acme evosync-beta"
+# sshd's AuthorizedKeysCommandUser: may read the state store (group evosync), may not log in.
+if ! getent passwd evosyncauth >/dev/null; then
+  useradd --system --gid evosync --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin evosyncauth
+fi
+echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), accounts evosync evosync-acme evosync-beta evosyncauth"
