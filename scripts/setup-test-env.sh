@@ -18,6 +18,7 @@ missing=()
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 for tool in gcc make tclsh xz; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done

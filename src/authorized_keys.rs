@@ -98,7 +98,9 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
         file.write_all(bytes)?;
-        if let Some((uid, gid)) = owner {
+        // Keep the old owner; skipped when it is already ours, so an unprivileged service needs no fchown.
+        let ours = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+        if let Some((uid, gid)) = owner.filter(|&owner| owner != ours) {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
         }
         file.sync_all()?;
