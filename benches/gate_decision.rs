@@ -41,6 +41,31 @@ fn main() {
         run(command)
     });
 
+    // With a state store: --key looked up, the refusal written to the hash-chained audit trail too.
+    let store = evosync::store::Store::open(&config.store_path()).expect("store");
+    store.add_party("bench").expect("party");
+    store
+        .add_ssh_key(&evosync::store::SshKey {
+            id: "k1".into(),
+            party: "bench".into(),
+            algorithm: "ssh-ed25519".into(),
+            blob: "AAAA".into(),
+            fingerprint: "SHA256:x".into(),
+            comment: String::new(),
+            from: vec![],
+            expires_at: None,
+            created_at: evosync::store::now(),
+            revoked_at: None,
+            last_used_at: None,
+        })
+        .expect("key");
+    drop(store);
+    let keyed = median_of(runs, || {
+        let mut command = Command::new(gate_bin);
+        command.arg("--config").arg(&config_path).args(["--key", "k1"]).env("SSH_ORIGINAL_COMMAND", refused);
+        run(command)
+    });
+
     println!("gate decision time (medians; {runs} process runs, this machine, same run):");
     println!("  parse SSH_ORIGINAL_COMMAND (in-process)          {:>9.2} us", us(parse_time));
     println!("  parse + load policy + decide (in-process)         {:>9.2} us", us(plan_time));
@@ -56,6 +81,12 @@ fn main() {
         us(refusal),
         ratio(refusal, baseline),
         us(refusal.saturating_sub(baseline))
+    );
+    println!(
+        "  evosync-gate --key refusal (store lookup + audit)  {:>9.2} us  ({:.2}x baseline, +{:.2} us)",
+        us(keyed),
+        ratio(keyed, baseline),
+        us(keyed.saturating_sub(baseline))
     );
 }
 

@@ -28,7 +28,9 @@ fn sshd_check(body: &str) -> (bool, String) {
 
 #[test]
 fn the_shipped_snippets_pass_sshd_t() {
-    for name in ["evosync-shared-account.conf", "evosync-per-party-accounts.conf", "evosync-authorized-keys-command.conf"] {
+    for name in
+        ["evosync-shared-account.conf", "evosync-per-party-accounts.conf", "evosync-authorized-keys-command.conf"]
+    {
         let (ok, said) = sshd_check(&snippet(name));
         assert!(ok, "{name}: {said}");
     }
