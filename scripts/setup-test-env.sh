@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 machine for evosync's tests and demo; safe to run again.
-#  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), build tools;
+#  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), curl, wrk,
+#    systemd (systemd-analyze), build tools;
 #  - the stock sqlite3_rsync >= 3.50, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
 #  - the gate accounts: `evosync` (shared-account mode) and `evosync-acme`, `evosync-beta` (per-party mode).
 # Gate accounts get the plain /bin/sh and a root-owned, empty home: sshd runs a forced command through the login
@@ -19,6 +20,8 @@ command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+command -v curl >/dev/null || missing+=(curl)
+command -v wrk >/dev/null || missing+=(wrk)
 for tool in gcc make tclsh xz; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done

@@ -5,6 +5,7 @@ use crate::admin::{admin_token_ok, Admin, AdminError};
 use crate::config::Config;
 use crate::secrets::VerifiedCache;
 use crate::store::{Store, StoreError};
+use crate::sync_api;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -59,6 +60,7 @@ pub struct AppState {
     pub pool: StorePool,
     pub admin_tokens: VerifiedCache,
     pub api_keys: VerifiedCache,
+    pub sync: crate::sync_api::SyncState,
 }
 
 pub type Shared = Arc<AppState>;
@@ -67,18 +69,23 @@ pub type Shared = Arc<AppState>;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds, for 429.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError { status, message: message.into(), retry_after: None }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(serde_json::json!({ "error": self.message, "status": self.status.as_u16() })))
-            .into_response()
+        let body = Json(serde_json::json!({ "error": self.message, "status": self.status.as_u16() }));
+        match self.retry_after {
+            Some(seconds) => (self.status, [(header::RETRY_AFTER, seconds.to_string())], body).into_response(),
+            None => (self.status, body).into_response(),
+        }
     }
 }
 
@@ -135,10 +142,21 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/authorized-keys/check", get(check_authorized_keys))
         .route("/admin/audit", get(audit))
         .route("/admin/runs", get(runs))
+        .route("/admin/events", get(sync_api::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    let workers = Router::new()
+        .route("/api/sync/register/{run}", post(sync_api::register))
+        .route("/api/sync/analysis/{run}/list", get(sync_api::list))
+        .route("/api/sync/analysis/{run}", post(sync_api::upload))
+        .route("/api/sync/status/{run}", get(sync_api::status))
+        // Uploads stream to disk under the policy's own per-file limit, so the framework's whole-body limit is off.
+        .layer(axum::extract::DefaultBodyLimit::disable());
     Router::new()
         .merge(admin)
-        .route("/healthz", get(|| async { Json(serde_json::json!({ "ok": true })) }))
+        .merge(workers)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(sync_api::metrics))
+        .route("/openapi.json", get(sync_api::openapi_json))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -171,15 +189,15 @@ async fn require_admin(State(state): State<Shared>, request: Request, next: Next
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewParty {
+pub struct NewParty {
     name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewSshKey {
+pub struct NewSshKey {
     party: String,
     public_key: String,
     expires: Option<String>,
@@ -187,21 +205,21 @@ struct NewSshKey {
     comment: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewApiKey {
+pub struct NewApiKey {
     party: String,
     name: Option<String>,
     expires: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct PartyFilter {
+pub struct PartyFilter {
     party: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct AuditQuery {
+pub struct AuditQuery {
     #[serde(default)]
     after: i64,
     limit: Option<u32>,
@@ -217,32 +235,39 @@ fn ok<T: serde::Serialize>(value: T) -> Answer {
     Ok(Json(value).into_response())
 }
 
-async fn list_parties(State(state): State<Shared>) -> Answer {
+#[utoipa::path(get, path = "/admin/parties", responses((status = 200, description = "the parties"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn list_parties(State(state): State<Shared>) -> Answer {
     ok(with_admin(&state, |a| a.parties()).await?)
 }
 
-async fn add_party(State(state): State<Shared>, body: Result<Json<NewParty>, JsonRejection>) -> Answer {
+#[utoipa::path(post, path = "/admin/parties", request_body = NewParty, responses((status = 201, description = "added"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn add_party(State(state): State<Shared>, body: Result<Json<NewParty>, JsonRejection>) -> Answer {
     let Json(body) = body?;
     created(with_admin(&state, move |a| a.add_party(&body.name)).await?)
 }
 
-async fn show_party(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
+#[utoipa::path(get, path = "/admin/parties/{name}", params(("name" = String, Path)), responses((status = 200, description = "a party with its keys"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn show_party(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     ok(with_admin(&state, move |a| a.show_party(&name)).await?)
 }
 
-async fn disable_party(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
+#[utoipa::path(post, path = "/admin/parties/{name}/disable", params(("name" = String, Path)), responses((status = 200, description = "disabled"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn disable_party(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     ok(with_admin(&state, move |a| a.set_party_enabled(&name, false)).await?)
 }
 
-async fn enable_party(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
+#[utoipa::path(post, path = "/admin/parties/{name}/enable", params(("name" = String, Path)), responses((status = 200, description = "enabled"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn enable_party(State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     ok(with_admin(&state, move |a| a.set_party_enabled(&name, true)).await?)
 }
 
-async fn list_ssh_keys(State(state): State<Shared>, Query(filter): Query<PartyFilter>) -> Answer {
+#[utoipa::path(get, path = "/admin/ssh-keys", responses((status = 200, description = "SSH keys"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn list_ssh_keys(State(state): State<Shared>, Query(filter): Query<PartyFilter>) -> Answer {
     ok(with_admin(&state, move |a| a.ssh_keys(filter.party.as_deref())).await?)
 }
 
-async fn add_ssh_key(State(state): State<Shared>, body: Result<Json<NewSshKey>, JsonRejection>) -> Answer {
+#[utoipa::path(post, path = "/admin/ssh-keys", request_body = NewSshKey, responses((status = 201, description = "added, with its authorized_keys line"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn add_ssh_key(State(state): State<Shared>, body: Result<Json<NewSshKey>, JsonRejection>) -> Answer {
     let Json(body) = body?;
     created(
         with_admin(&state, move |a| {
@@ -258,15 +283,18 @@ async fn add_ssh_key(State(state): State<Shared>, body: Result<Json<NewSshKey>, 
     )
 }
 
-async fn revoke_ssh_key(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
+#[utoipa::path(delete, path = "/admin/ssh-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn revoke_ssh_key(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
     ok(with_admin(&state, move |a| a.revoke_ssh_key(&id)).await?)
 }
 
-async fn list_api_keys(State(state): State<Shared>, Query(filter): Query<PartyFilter>) -> Answer {
+#[utoipa::path(get, path = "/admin/api-keys", responses((status = 200, description = "API keys, without secrets"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn list_api_keys(State(state): State<Shared>, Query(filter): Query<PartyFilter>) -> Answer {
     ok(with_admin(&state, move |a| a.api_keys(filter.party.as_deref())).await?)
 }
 
-async fn issue_api_key(State(state): State<Shared>, body: Result<Json<NewApiKey>, JsonRejection>) -> Answer {
+#[utoipa::path(post, path = "/admin/api-keys", request_body = NewApiKey, responses((status = 201, description = "issued; the key is in this answer only"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn issue_api_key(State(state): State<Shared>, body: Result<Json<NewApiKey>, JsonRejection>) -> Answer {
     let Json(body) = body?;
     created(
         with_admin(&state, move |a| a.issue_api_key(&body.party, body.name.as_deref(), body.expires.as_deref()))
@@ -274,7 +302,8 @@ async fn issue_api_key(State(state): State<Shared>, body: Result<Json<NewApiKey>
     )
 }
 
-async fn revoke_api_key(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
+#[utoipa::path(delete, path = "/admin/api-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn revoke_api_key(State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
     let answer = with_admin(&state, {
         let id = id.clone();
         move |a| a.revoke_api_key(&id)
@@ -284,22 +313,32 @@ async fn revoke_api_key(State(state): State<Shared>, UrlPath(id): UrlPath<String
     ok(answer)
 }
 
-async fn write_authorized_keys(State(state): State<Shared>) -> Answer {
+#[utoipa::path(post, path = "/admin/authorized-keys/write", responses((status = 200, description = "lines written"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn write_authorized_keys(State(state): State<Shared>) -> Answer {
     ok(serde_json::json!({ "lines": with_admin(&state, |a| a.write_authorized_keys()).await? }))
 }
 
-async fn check_authorized_keys(State(state): State<Shared>) -> Answer {
+#[utoipa::path(get, path = "/admin/authorized-keys/check", responses((status = 200, description = "drift between file and store"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn check_authorized_keys(State(state): State<Shared>) -> Answer {
     let drift = with_admin(&state, |a| a.check_authorized_keys()).await?;
     ok(serde_json::json!({ "clean": drift.is_clean(), "missing": drift.missing, "unexpected": drift.unexpected }))
 }
 
-async fn audit(State(state): State<Shared>, Query(query): Query<AuditQuery>) -> Answer {
+#[utoipa::path(get, path = "/admin/audit", responses((status = 200, description = "audit records, oldest first"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn audit(State(state): State<Shared>, Query(query): Query<AuditQuery>) -> Answer {
     let limit = query.limit.unwrap_or(100).min(1000);
     ok(with_admin(&state, move |a| a.audit_records(query.after, limit)).await?)
 }
 
-async fn runs(State(state): State<Shared>) -> Answer {
+#[utoipa::path(get, path = "/admin/runs", responses((status = 200, description = "runs with replica sizes and last pushes"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+pub async fn runs(State(state): State<Shared>) -> Answer {
     ok(with_admin(&state, |a| a.runs()).await?)
+}
+
+/// Liveness: answers while the service runs.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "{\"ok\": true}")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "ok": true }))
 }
 
 /// Runs the service until SIGTERM or SIGINT.
@@ -319,7 +358,9 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
             pool,
             admin_tokens: VerifiedCache::default(),
             api_keys: VerifiedCache::default(),
+            sync: sync_api::SyncState::default(),
         });
+        tokio::spawn(sync_api::follow_ledger(state.clone()));
         eprintln!("evosync: serving on http://{}", listener.local_addr()?);
         axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
         Ok(())

@@ -24,6 +24,27 @@ pub struct Policy {
     pub databases: Vec<String>,
     pub limits: Limits,
     pub require_sandbox: bool,
+    pub uploads: Uploads,
+}
+
+/// What the analysis-file endpoints accept from the party.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploads {
+    /// File name endings accepted (`.json.gz`, `.json`); never `.sqlite*` or `.db*`, whatever is written here.
+    pub extensions: Vec<String>,
+    pub max_file_bytes: ByteSize,
+    /// Requests per second to the sync endpoints (a token bucket with this many in reserve).
+    pub requests_per_second: u32,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            extensions: vec![".json.gz".into(), ".json".into()],
+            max_file_bytes: ByteSize(200_000_000),
+            requests_per_second: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +89,16 @@ struct PolicyFile {
     limits: LimitsFile,
     #[serde(default)]
     require_sandbox: bool,
+    #[serde(default)]
+    uploads: UploadsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadsFile {
+    extensions: Option<Vec<String>>,
+    max_file_bytes: Option<ByteSize>,
+    requests_per_second: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,7 +182,27 @@ impl Policy {
         if limits.max_db_bytes.0 == 0 {
             return Err("limits.max_db_bytes: must be more than 0".into());
         }
+        let upload_defaults = Uploads::default();
+        let uploads = Uploads {
+            extensions: file.uploads.extensions.unwrap_or(upload_defaults.extensions),
+            max_file_bytes: file.uploads.max_file_bytes.unwrap_or(upload_defaults.max_file_bytes),
+            requests_per_second: file.uploads.requests_per_second.unwrap_or(upload_defaults.requests_per_second),
+        };
+        for extension in &uploads.extensions {
+            let plain = extension.starts_with('.')
+                && extension.len() > 1
+                && extension[1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.');
+            if !plain || extension.contains(".sqlite") || extension.contains(".db") {
+                return Err(format!(
+                    "uploads.extensions: '{extension}' must look like .json.gz, and never name a database (.sqlite, .db)"
+                ));
+            }
+        }
+        if uploads.requests_per_second == 0 {
+            return Err("uploads.requests_per_second: must be at least 1".into());
+        }
         Ok(Policy {
+            uploads,
             party: file.party,
             push: file.push,
             pull: file.pull,

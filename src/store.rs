@@ -11,7 +11,8 @@ pub const STORE_FILE: &str = "state.db";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Each entry brings the schema from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE parties (
     name        TEXT PRIMARY KEY,
     enabled     INTEGER NOT NULL DEFAULT 1,
@@ -80,7 +81,21 @@ CREATE TABLE admin_tokens (
     hash        TEXT NOT NULL,
     created_at  INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE analysis_files (
+    party      TEXT NOT NULL,
+    run        TEXT NOT NULL,
+    subdir     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    stored_at  INTEGER NOT NULL,
+    PRIMARY KEY (party, run, subdir, name)
+) WITHOUT ROWID;
+"#,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -179,6 +194,19 @@ pub struct LedgerRow {
     pub seconds: f64,
     pub exit: String,
     pub replica_bytes: Option<u64>,
+}
+
+/// An analysis file the service stored.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FileRecord {
+    pub party: String,
+    pub run: String,
+    pub subdir: String,
+    pub name: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub sha256: String,
+    pub stored_at: i64,
 }
 
 /// An audit record before it is chained.
@@ -557,6 +585,79 @@ impl Store {
             .query_map(params![after_id, limit], |r| Ok((r.get(8)?, ledger_row(r)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    // ---- analysis files ----
+
+    /// Remembers a stored file's size, mtime and SHA-256, so listings need not read files again.
+    pub fn record_file(&self, file: &FileRecord) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO analysis_files (party, run, subdir, name, size, mtime_ns, sha256, stored_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (party, run, subdir, name) DO UPDATE SET
+                   size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256, stored_at = excluded.stored_at",
+            )?
+            .execute(params![
+                file.party,
+                file.run,
+                file.subdir,
+                file.name,
+                file.size as i64,
+                file.mtime_ns,
+                file.sha256,
+                file.stored_at
+            ])?;
+        Ok(())
+    }
+
+    /// What the store remembers of the files in one folder.
+    pub fn files_in(&self, party: &str, run: &str, subdir: &str) -> Result<Vec<FileRecord>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT party, run, subdir, name, size, mtime_ns, sha256, stored_at FROM analysis_files \
+             WHERE party = ?1 AND run = ?2 AND subdir = ?3",
+        )?;
+        let rows = statement
+            .query_map([party, run, subdir], |r| {
+                Ok(FileRecord {
+                    party: r.get(0)?,
+                    run: r.get(1)?,
+                    subdir: r.get(2)?,
+                    name: r.get(3)?,
+                    size: r.get::<_, i64>(4)?.max(0) as u64,
+                    mtime_ns: r.get(5)?,
+                    sha256: r.get(6)?,
+                    stored_at: r.get(7)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Per folder of a run: how many files were uploaded, and when the newest came.
+    pub fn file_counts(&self, party: &str, run: &str) -> Result<Vec<(String, u64, i64)>> {
+        let mut statement = self.conn.prepare_cached(
+            "SELECT subdir, count(*), max(stored_at) FROM analysis_files WHERE party = ?1 AND run = ?2 \
+             GROUP BY subdir ORDER BY subdir",
+        )?;
+        let rows = statement
+            .query_map([party, run], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Pushes by outcome, for metrics.
+    pub fn pushes_by_exit(&self) -> Result<Vec<(String, u64)>> {
+        let mut statement =
+            self.conn.prepare_cached("SELECT exit, count(*) FROM sync_ledger GROUP BY exit ORDER BY exit")?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn last_ledger_id(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT coalesce(max(id), 0) FROM sync_ledger", [], |r| r.get(0))?)
     }
 
     // ---- audit ----

@@ -132,3 +132,29 @@ pub fn prepare_child(fsize_limit: u64) -> std::io::Result<()> {
     setrlimit(Resource::RLIMIT_CORE, 0, 0)?;
     Ok(())
 }
+
+/// Creates `name` in `dir` for writing, failing if it exists (O_CREAT | O_EXCL | O_NOFOLLOW), mode 0640.
+pub fn create_file_in(dir: &impl AsRawFd, name: &str) -> Result<File, Errno> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o640),
+    )?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Renames `from` to `to`, both in `dir`: no path outside the folder is resolved.
+pub fn rename_in(dir: &impl AsRawFd, from: &str, to: &str) -> Result<(), Errno> {
+    nix::fcntl::renameat(Some(dir.as_raw_fd()), from, Some(dir.as_raw_fd()), to)
+}
+
+pub fn unlink_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+}
+
+/// Makes the folder's entries durable (after a rename in it).
+pub fn sync_dir(dir: &impl AsRawFd) -> Result<(), Errno> {
+    nix::unistd::fsync(dir.as_raw_fd())
+}
