@@ -352,13 +352,14 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
             .await
             .map_err(|source| ServeError::Listen { address: address.clone(), source })?;
         let pool = StorePool::new(config.store_path());
+        let config_store_path = config.store_path();
         let state = Arc::new(AppState {
             config,
             config_path,
             pool,
             admin_tokens: VerifiedCache::default(),
             api_keys: VerifiedCache::default(),
-            sync: sync_api::SyncState::default(),
+            sync: sync_api::SyncState::new(config_store_path),
         });
         tokio::spawn(sync_api::follow_ledger(state.clone()));
         eprintln!("evosync: serving on http://{}", listener.local_addr()?);

@@ -134,7 +134,16 @@ impl PendingFile {
     }
 
     /// Makes the file durable and puts it in place, if its digest is the one announced.
-    pub fn finish(mut self, expected_sha256: Option<&[u8; 32]>) -> Result<StoredFile, FinishError> {
+    pub fn finish(self, expected_sha256: Option<&[u8; 32]>) -> Result<StoredFile, FinishError> {
+        self.finish_with(expected_sha256, &DirSyncer::default())
+    }
+
+    /// As `finish`, with the folder's fsync shared with concurrent uploads into the same folder.
+    pub fn finish_with(
+        mut self,
+        expected_sha256: Option<&[u8; 32]>,
+        syncer: &DirSyncer,
+    ) -> Result<StoredFile, FinishError> {
         let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if let Some(expected) = expected_sha256 {
             if expected != &digest {
@@ -142,7 +151,7 @@ impl PendingFile {
             }
         }
         let file = self.file.take().ok_or_else(|| std::io::Error::other("the file was already finished"))?;
-        file.sync_all()?;
+        file.sync_data()?;
         drop(file);
         let replaced_bytes = sys::stat_in(self.dir.as_ref(), &self.name)
             .ok()
@@ -152,7 +161,7 @@ impl PendingFile {
             .unwrap_or(0);
         sys::rename_in(self.dir.as_ref(), &self.temp_name, &self.name).map_err(std::io::Error::from)?;
         self.temp_name.clear(); // nothing left to clean up
-        sys::sync_dir(self.dir.as_ref()).map_err(std::io::Error::from)?;
+        syncer.sync(self.dir.as_ref()).map_err(std::io::Error::from)?;
         Ok(StoredFile { name: self.name.clone(), bytes: self.bytes, sha256: hex(&digest), replaced_bytes })
     }
 }
@@ -161,6 +170,59 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.temp_name.is_empty() {
             let _ = sys::unlink_in(self.dir.as_ref(), &self.temp_name);
+        }
+    }
+}
+
+/// Shares folder fsyncs between concurrent uploads: a caller returns once an fsync of its folder that started after
+/// its rename has finished, and one fsync serves everyone who renamed while the previous one ran.
+#[derive(Default)]
+pub struct DirSyncer {
+    folders: std::sync::Mutex<std::collections::HashMap<(u64, u64), Arc<FolderSync>>>,
+}
+
+#[derive(Default)]
+struct FolderSync {
+    state: std::sync::Mutex<SyncRound>,
+    finished: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SyncRound {
+    started: u64,
+    done: u64,
+    running: bool,
+}
+
+impl DirSyncer {
+    pub fn sync(&self, dir: &OwnedFd) -> Result<(), Errno> {
+        let stat = sys::fstat(dir)?;
+        let folder = {
+            let mut folders = self.folders.lock().map_err(|_| Errno::EIO)?;
+            folders.entry((stat.st_dev, stat.st_ino)).or_default().clone()
+        };
+        let mut round = folder.state.lock().map_err(|_| Errno::EIO)?;
+        let needed = round.started + 1;
+        loop {
+            if round.done >= needed {
+                return Ok(());
+            }
+            if round.running {
+                round = folder.finished.wait(round).map_err(|_| Errno::EIO)?;
+                continue;
+            }
+            round.running = true;
+            round.started += 1;
+            let this = round.started;
+            drop(round);
+            let result = sys::sync_dir(dir);
+            round = folder.state.lock().map_err(|_| Errno::EIO)?;
+            round.running = false;
+            if result.is_ok() {
+                round.done = this;
+            }
+            folder.finished.notify_all();
+            result?;
         }
     }
 }

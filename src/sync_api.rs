@@ -32,10 +32,17 @@ pub struct SyncState {
     key_touched: Mutex<HashMap<String, Instant>>,
     pub metrics: Metrics,
     pub events: broadcast::Sender<String>,
+    pub dir_syncer: ingest::DirSyncer,
+    /// Stored files' records go to one writer thread that commits them in batches: uploads never queue on the
+    /// store's write lock. The records only cache hashes for listings (checked against size and mtime), so one
+    /// lost in a crash costs a re-hash, never a file.
+    records: Mutex<Option<std::sync::mpsc::Sender<FileRecord>>>,
 }
 
-impl Default for SyncState {
-    fn default() -> Self {
+impl SyncState {
+    pub fn new(store_path: std::path::PathBuf) -> SyncState {
+        let (sender, receiver) = std::sync::mpsc::channel::<FileRecord>();
+        std::thread::spawn(move || record_writer(&store_path, receiver));
         SyncState {
             buckets: Mutex::default(),
             usage: Mutex::default(),
@@ -43,6 +50,33 @@ impl Default for SyncState {
             key_touched: Mutex::default(),
             metrics: Metrics::default(),
             events: broadcast::channel(1024).0,
+            dir_syncer: ingest::DirSyncer::default(),
+            records: Mutex::new(Some(sender)),
+        }
+    }
+
+    fn remember(&self, record: FileRecord, store: &Store) {
+        let sent = self.records.lock().ok().and_then(|sender| sender.as_ref().map(|s| s.send(record.clone()).is_ok()));
+        if sent != Some(true) {
+            let _ = store.record_file(&record);
+        }
+    }
+}
+
+/// Commits file records in batches of whatever has queued up.
+fn record_writer(store_path: &std::path::Path, receiver: std::sync::mpsc::Receiver<FileRecord>) {
+    let Ok(store) = Store::open(store_path) else { return };
+    while let Ok(first) = receiver.recv() {
+        let mut batch = vec![first];
+        batch.extend(receiver.try_iter().take(4095));
+        let written = store.in_transaction(|store| {
+            for record in &batch {
+                store.record_file(record)?;
+            }
+            Ok(())
+        });
+        if let Err(error) = written {
+            eprintln!("evosync-serve event=store-error error={error:?}");
         }
     }
 }
@@ -710,7 +744,7 @@ async fn finish(
         (target.caller.party.clone(), target.run.clone(), subdir.to_owned(), target.caller.key_id.clone());
     let stored = blocking(state, move |shared, store| {
         let dir = pending.dir();
-        let stored = pending.finish(digest.as_ref()).map_err(|e| match e {
+        let stored = pending.finish_with(digest.as_ref(), &shared.sync.dir_syncer).map_err(|e| match e {
             ingest::FinishError::DigestMismatch { .. } => {
                 refusal(shared, "digest", ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
             }
@@ -721,7 +755,7 @@ async fn finish(
             .flatten()
             .map(|s| s.st_mtime * 1_000_000_000 + s.st_mtime_nsec)
             .unwrap_or(0);
-        store.record_file(&FileRecord {
+        let record = FileRecord {
             party: party.clone(),
             run: run.clone(),
             subdir: subdir_owned.clone(),
@@ -730,7 +764,8 @@ async fn finish(
             mtime_ns,
             sha256: stored.sha256.clone(),
             stored_at: store::now(),
-        })?;
+        };
+        shared.sync.remember(record, store);
         shared.sync.add_usage(&party, stored.bytes, stored.replaced_bytes);
         Ok(stored)
     })
