@@ -99,6 +99,13 @@ impl Sink {
 
     /// Writes the line to syslog and to `audit_log`; to stderr only when neither took it, so no record is lost.
     pub fn write(&self, line: &Line) {
+        if !self.write_host_side(line) {
+            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
+        }
+    }
+
+    /// Writes the line to syslog and to `audit_log`; false when neither took it.
+    pub fn write_host_side(&self, line: &Line) -> bool {
         let full = line.full();
         let logged = self.to_syslog(&full, line.warning);
         let filed = match &self.file {
@@ -111,9 +118,7 @@ impl Sink {
                 .is_ok(),
             None => false,
         };
-        if !logged && !filed {
-            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
-        }
+        logged || filed
     }
 
     fn to_syslog(&self, full: &str, warning: bool) -> bool {

@@ -14,6 +14,7 @@ use crate::reply;
 use crate::sandbox::Sandbox;
 use crate::store::{AuditEntry, LedgerRow, Store};
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -110,14 +111,24 @@ impl Recorder<'_> {
         Line::new().field_opt("command", self.command_line)
     }
 
-    /// One audit line, and one record in the store's hash-chained trail.
+    /// One audit line, and one record in the store's hash-chained trail; stderr only when neither took it.
     fn record(&self, line: &Line, party: &str, subject: &str, outcome: &str, detail: &str) {
-        self.sink.write(line);
-        if let Some(store) = &self.store {
-            let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
-            if let Err(error) = store.append_audit(&entry) {
-                self.sink.write(&Line::new().field("event", "store-error").field("error", error).warning());
+        let logged = self.sink.write_host_side(line);
+        let stored = match &self.store {
+            Some(store) => {
+                let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
+                match store.append_audit(&entry) {
+                    Ok(_) => true,
+                    Err(error) => {
+                        self.sink.write(&Line::new().field("event", "store-error").field("error", error).warning());
+                        false
+                    }
+                }
             }
+            None => false,
+        };
+        if !logged && !stored {
+            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
         }
     }
 
