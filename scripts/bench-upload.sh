@@ -58,6 +58,22 @@ echo "files stored: $stored; server peak RSS: $(( $(kib VmHWM) / 1024 )) MiB"
 awk -v u="$rps" -v h="$healthz_rps" 'BEGIN { printf "uploads/s over healthz/s: %.3f\n", u / h }'
 kill $server; wait $server 2>/dev/null || true
 
+echo "== the disk's own ceiling for the same durability (same run): create 20 KB, fdatasync, rename, fsync folder"
+mkdir -p "$work/disk"
+python3 - "$work/disk" <<'PY'
+import os, sys, threading, time
+folder = sys.argv[1]; data = os.urandom(20480); dfd = os.open(folder, os.O_RDONLY)
+def files(tag, n):
+    for i in range(n):
+        tmp = f"{folder}/{tag}_{i}.tmp"; fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        os.write(fd, data); os.fdatasync(fd); os.close(fd); os.rename(tmp, tmp[:-4] + ".json.gz"); os.fsync(dfd)
+for threads in (1, 64):
+    start = time.time(); workers = [threading.Thread(target=files, args=(f"t{threads}_{t}", 2000 // threads)) for t in range(threads)]
+    [w.start() for w in workers]; [w.join() for w in workers]
+    print(f"disk: {2000 // threads * threads / (time.time() - start):.0f} durable 20 KB files/s with {threads} writer(s)")
+PY
+rm -rf "$work/disk"
+
 echo "== one 1 GiB upload (raw body), RSS before and after, fresh server"
 start_server
 big=$work/big.json.gz

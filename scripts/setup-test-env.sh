@@ -21,6 +21,7 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v curl >/dev/null || missing+=(curl)
+command -v python3 >/dev/null || missing+=(python3)
 command -v wrk >/dev/null || missing+=(wrk)
 for tool in gcc make tclsh xz; do
   command -v "$tool" >/dev/null || missing+=("$tool")
