@@ -60,6 +60,19 @@ fn main() {
         })
         .expect("key");
     drop(store);
+    let open_store = median_of(500, || {
+        std::hint::black_box(evosync::store::Store::open_existing(&config.store_path()).expect("store"));
+    });
+    let store = evosync::store::Store::open_existing(&config.store_path()).expect("store");
+    let lookup = median_of(2000, || {
+        std::hint::black_box(store.ssh_key_with_party("k1").expect("lookup"));
+    });
+    let append = median_of(500, || {
+        let entry =
+            evosync::store::AuditEntry { actor: "bench", action: "gate", outcome: "refuse", ..Default::default() };
+        std::hint::black_box(store.append_audit(&entry).expect("audit"));
+    });
+    drop(store);
     let keyed = median_of(runs, || {
         let mut command = Command::new(gate_bin);
         command.arg("--config").arg(&config_path).args(["--key", "k1"]).env("SSH_ORIGINAL_COMMAND", refused);
@@ -69,6 +82,9 @@ fn main() {
     println!("gate decision time (medians; {runs} process runs, this machine, same run):");
     println!("  parse SSH_ORIGINAL_COMMAND (in-process)          {:>9.2} us", us(parse_time));
     println!("  parse + load policy + decide (in-process)         {:>9.2} us", us(plan_time));
+    println!("  open the state store (in-process)                 {:>9.2} us", us(open_store));
+    println!("  look a key up (in-process)                        {:>9.2} us", us(lookup));
+    println!("  append one hash-chained audit record (in-process) {:>9.2} us", us(append));
     println!("  baseline: spawn /bin/true                         {:>9.2} us", us(baseline));
     println!(
         "  evosync-gate explain (allowed push), whole process {:>9.2} us  ({:.2}x baseline, +{:.2} us)",

@@ -299,6 +299,9 @@ impl Store {
 
     fn configure(conn: Connection) -> Result<Store> {
         conn.busy_timeout(Duration::from_secs(10))?;
+        // Every gate and AuthorizedKeysCommand process is the last connection when it closes; without this each
+        // would checkpoint (and fsync) on its way out. Checkpoints then come from the automatic ones instead.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         // journal_mode=WAL is persistent; asking again on every open costs a write lock check, so ask only when needed.
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {

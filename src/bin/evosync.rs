@@ -464,9 +464,17 @@ fn init(config_path: &Path, args: InitArgs, json: bool) -> Outcome {
     }
     let admin = Admin::open(&config, config_path, actor())?;
     let store_path = config.store_path();
-    std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o660))?;
-    if let (Some(group), true) = (&group, nix::unistd::geteuid().is_root()) {
-        nix::unistd::chown(&store_path, None, Some(group.gid))?;
+    // The store and its WAL companions: the gate accounts and the AuthorizedKeysCommand account (group evosync)
+    // write them too.
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", store_path.display()));
+        if !path.exists() {
+            continue;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+        if let (Some(group), true) = (&group, nix::unistd::geteuid().is_root()) {
+            nix::unistd::chown(&path, None, Some(group.gid))?;
+        }
     }
     admin.sync_authorized_keys().map_err(|e: AdminError| Failure(e.to_string()))?;
     let token = admin.issue_admin_token()?;
