@@ -221,18 +221,7 @@ impl<'a> Admin<'a> {
     }
 
     pub fn line_for(&self, key: &SshKey) -> String {
-        authorized_keys_line(
-            &KeyLine {
-                key_id: &key.id,
-                party: &key.party,
-                algorithm: &key.algorithm,
-                blob: &key.blob,
-                from: &key.from,
-                expires_at: key.expires_at,
-            },
-            &self.config.gate,
-            &self.config_path,
-        )
+        authorized_keys_line(&KeyLine::of(key), &self.config.gate, &self.config_path)
     }
 
     /// The managed block as the store says it should be: one line per active key.

@@ -474,13 +474,5 @@ pub fn authorized_keys_for(
         return Ok(None);
     }
     let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
-    let line = crate::keys::KeyLine {
-        key_id: &key.id,
-        party: &key.party,
-        algorithm: &key.algorithm,
-        blob: &key.blob,
-        from: &key.from,
-        expires_at: key.expires_at,
-    };
-    Ok(Some(crate::keys::authorized_keys_line(&line, &config.gate, &config_path)))
+    Ok(Some(crate::keys::authorized_keys_line(&crate::keys::KeyLine::of(&key), &config.gate, &config_path)))
 }

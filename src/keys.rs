@@ -107,6 +107,20 @@ pub struct KeyLine<'a> {
     pub expires_at: Option<i64>,
 }
 
+impl<'a> KeyLine<'a> {
+    /// The line's facts for a key registered in the store.
+    pub fn of(key: &'a crate::store::SshKey) -> KeyLine<'a> {
+        KeyLine {
+            key_id: &key.id,
+            party: &key.party,
+            algorithm: &key.algorithm,
+            blob: &key.blob,
+            from: &key.from,
+            expires_at: key.expires_at,
+        }
+    }
+}
+
 /// `command="GATE --config CFG --key ID",restrict[,from="…"][,expiry-time="…"] TYPE KEY evosync:PARTY:ID`.
 ///
 /// The gate and config paths come from the administrator's configuration; they are checked to need no quoting.

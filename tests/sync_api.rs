@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{evosync_json, http, Service};
+use common::{evosync_json, http, noise, Service};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -132,18 +132,6 @@ fn worker_multipart(subdir: &str, name: &str, content: &[u8]) -> (String, Vec<u8
 
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Every file under `root`, relative, with its bytes.
@@ -448,17 +436,17 @@ fn digests_are_checked_and_a_mismatch_stores_nothing() {
 fn limits_answer_413_429_and_507() {
     let host = Host::start(
         "sync-limits",
-        "uploads:\n  max_file_bytes: 4KiB\n  requests_per_second: 5\nlimits:\n  max_party_bytes: 64KiB\n",
+        "uploads:\n  max_file_bytes: 4KiB\n  requests_per_second: 2\nlimits:\n  max_party_bytes: 64KiB\n",
     );
     assert_eq!(host.register(&host.acme_key, RUN).0, 201);
     let (status, body) = host.upload(&host.acme_key, RUN, "analysisResults", "big.json.gz", &noise(1, 5000));
     assert_eq!(status, 413, "{body}");
     assert!(!host.run_dir("acme", RUN).join("analysisResults/big.json.gz").exists());
 
-    // The bucket holds 5; a burst of 12 meets 429 with Retry-After.
+    // The bucket holds 2 and refills 2 a second; a burst of 20 meets 429 with Retry-After.
     std::thread::sleep(Duration::from_millis(1200));
     let mut limited = None;
-    for _ in 0..12 {
+    for _ in 0..20 {
         let (status, head, _) = http(
             host.port(),
             "GET",
@@ -475,7 +463,7 @@ fn limits_answer_413_429_and_507() {
     assert!(head.to_ascii_lowercase().contains("retry-after: "), "{head}");
 
     // Fill the party's quota: 507, and nothing stored.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     std::fs::write(host.run_dir("acme", RUN).join("genomes.sqlite"), vec![0u8; 64 * 1024]).unwrap();
     // The usage figure is refreshed every 30 s or on a restart; a new service sees the replica at once.
     let run_dir = host.run_dir("acme", RUN);

@@ -222,7 +222,7 @@ fn open(path: &Path) -> rusqlite::Connection {
 }
 
 /// Pseudo-random bytes (xorshift), so pages differ and do not compress.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
