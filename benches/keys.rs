@@ -164,9 +164,11 @@ fn login_time(host: &Host, by_command: bool) -> Duration {
     let config = Config::load(&host.config).unwrap();
     let admin = Admin::open(&config, &host.config, "bench".into()).unwrap();
     let extra = if by_command {
+        let gate = common::safe_copy(Path::new(GATE), root);
         format!(
-            "Match User evosync\n    AuthorizedKeysFile none\n    AuthorizedKeysCommand {GATE} --config {} \
+            "Match User evosync\n    AuthorizedKeysFile none\n    AuthorizedKeysCommand {} --config {} \
              authorized-keys %u %t %k\n    AuthorizedKeysCommandUser evosyncauth\n",
+            gate.display(),
             host.config.display()
         )
     } else {

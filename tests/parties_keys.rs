@@ -34,9 +34,11 @@ impl Host {
             Mode::File => String::new(),
             Mode::Command => {
                 common::require_account("evosyncauth");
+                let gate = common::safe_copy(Path::new(GATE), dir.path());
                 format!(
-                    "Match User evosync\n    AuthorizedKeysFile none\n    AuthorizedKeysCommand {GATE} --config {} \
+                    "Match User evosync\n    AuthorizedKeysFile none\n    AuthorizedKeysCommand {} --config {} \
                      authorized-keys %u %t %k\n    AuthorizedKeysCommandUser evosyncauth\n",
+                    gate.display(),
                     config.display()
                 )
             }

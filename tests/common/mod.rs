@@ -22,12 +22,45 @@ pub fn sqlite3_rsync_path() -> PathBuf {
     path
 }
 
-/// A temp folder under the target dir (not /tmp: sshd's StrictModes and the unprivileged gate accounts need every
-/// parent root-owned and not writable by others), mode 0755.
+/// A temp folder, mode 0755, whose every parent is root-owned and not writable by others, as sshd's StrictModes
+/// (and its checks of AuthorizedKeysCommand) demand: under the target dir when that holds there, else under
+/// /var/lib/evosync-tests (a clone under /tmp, say, has a world-writable parent).
 pub fn test_dir(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = safe_base();
+    let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir_in(&base).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
+}
+
+fn safe_base() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let _ = std::fs::create_dir_all(&target);
+    if path_is_safe(&target) {
+        return target;
+    }
+    let fallback = PathBuf::from("/var/lib/evosync-tests");
+    std::fs::create_dir_all(&fallback).unwrap();
+    std::fs::set_permissions(&fallback, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(path_is_safe(&fallback), "{} must be root-owned and not writable by others", fallback.display());
+    fallback
+}
+
+/// Every folder from `path` up to `/` is owned by root and writable by nobody else.
+fn path_is_safe(path: &Path) -> bool {
+    let Ok(path) = path.canonicalize() else { return false };
+    path.ancestors()
+        .all(|folder| std::fs::metadata(folder).map(|m| m.uid() == 0 && m.mode() & 0o022 == 0).unwrap_or(false))
+}
+
+/// A copy of `binary` in a folder sshd accepts for AuthorizedKeysCommand (root-owned all the way up).
+pub fn safe_copy(binary: &Path, dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = bin.join(binary.file_name().unwrap());
+    std::fs::copy(binary, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
 }
 
 /// Gives `path` (recursively, symlinks themselves) to a test account.
