@@ -50,8 +50,12 @@ healthz_rps=$(wrk -t2 -c64 -d"${seconds}s" "http://127.0.0.1:$port/healthz" | aw
 echo "healthz: $healthz_rps requests/s"
 
 echo "== uploads, wrk -t2 -c64 -d${seconds}s -s upload.lua (20 KB files, multipart as the worker builds it)"
+cpu_before=$(awk '{print $14 + $15}' "/proc/$server/stat"); user_before=$(awk '{print $14}' "/proc/$server/stat")
 result=$(RUN=$run KEY=$key wrk -t2 -c64 -d"${seconds}s" --latency -s "$lua" "http://127.0.0.1:$port" | grep '^RESULT')
+cpu_after=$(awk '{print $14 + $15}' "/proc/$server/stat"); user_after=$(awk '{print $14}' "/proc/$server/stat")
 echo "$result"
+awk -v a="$cpu_before" -v b="$cpu_after" -v ua="$user_before" -v ub="$user_after" -v s="$seconds" -v hz="$(getconf CLK_TCK)" \
+  'BEGIN { printf "server CPU during the upload run: %.0f%% of one core (%.0f%% in user space, the rest in the kernel)\n", (b - a) / hz / s * 100, (ub - ua) / hz / s * 100 }'
 rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$result")
 stored=$(find "$work/replicas/bench/$run/analysisResults" -name 'coverage_*' | wc -l)
 echo "files stored: $stored; server peak RSS: $(( $(kib VmHWM) / 1024 )) MiB"

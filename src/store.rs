@@ -482,7 +482,7 @@ impl Store {
     /// An API key with its party's state.
     pub fn api_key(&self, id: &str) -> Result<Option<(ApiKey, bool)>> {
         let sql = format!("{API_KEY_SELECT} WHERE k.id = ?1");
-        Ok(self.conn.query_row(&sql, [id], api_key_row).optional()?)
+        Ok(self.conn.prepare_cached(&sql)?.query_row([id], api_key_row).optional()?)
     }
 
     pub fn revoke_api_key(&self, id: &str) -> Result<ApiKey> {
@@ -523,7 +523,7 @@ impl Store {
     pub fn run(&self, name: &str) -> Result<Option<Run>> {
         let sql =
             "SELECT name, party, created_at, template_name, ecosystem_variant, started_at FROM runs WHERE name = ?1";
-        Ok(self.conn.query_row(sql, [name], run_row).optional()?)
+        Ok(self.conn.prepare_cached(sql)?.query_row([name], run_row).optional()?)
     }
 
     pub fn runs(&self, party: Option<&str>) -> Result<Vec<Run>> {

@@ -299,7 +299,7 @@ fn open_run(
         let message = format!("'{run}' is not an allowed run name (pattern: {})", caller.policy.run_pattern_text());
         return Err(refusal(shared, "run-name", ApiError::new(StatusCode::BAD_REQUEST, message)));
     }
-    match store.run(run).map_err(ApiError::from)? {
+    let claimed = match store.run(run).map_err(ApiError::from)? {
         Some(owned) if owned.party != caller.party => {
             return Err(refusal(
                 shared,
@@ -311,8 +311,9 @@ fn open_run(
                 },
             ))
         }
-        _ => {}
-    }
+        Some(_) => true,
+        None => false,
+    };
     let tree = PartyTree::open(&shared.config.replica_root, &caller.party).map_err(|e| {
         eprintln!("evosync-serve event=confine-error party={} error={e:?}", caller.party);
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the party has no tree on this host; tell the administrator")
@@ -331,6 +332,9 @@ fn open_run(
         }
         e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     })?;
+    if claimed {
+        return Ok((tree, folder)); // no write to the store on the hot path of an upload
+    }
     match store.claim_run(&caller.party, run) {
         Ok(_) => Ok((tree, folder)),
         Err(store::StoreError::RunOwned { .. }) => Err(not_found_run(run)),
