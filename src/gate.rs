@@ -262,8 +262,9 @@ fn act(
     let decision = &plan.decision;
     let (flags, pushing) = match decision.action {
         Action::MakeRunDir => {
-            claim_run(recorder, plan)?;
+            check_run_owner(recorder, plan)?;
             let folder = tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs).map_err(confine)?;
+            claim_run(recorder, plan)?;
             let line = line.field("event", "decision").field("verdict", "allow").field("created", folder.created);
             recorder.record(&line, &plan.party, subject, "allow", if folder.created { "created" } else { "exists" });
             return Ok(0);
@@ -272,18 +273,16 @@ fn act(
         Action::Pull { wal_only, commcheck } => ((wal_only, commcheck), false),
     };
     let database = decision.database.as_deref().unwrap_or_default();
-    if pushing {
-        claim_run(recorder, plan)?;
+    // Every check that can refuse comes before anything is created: a refused push leaves no trace in the tree.
+    let existing = tree.existing_run_folder(&decision.run).map_err(confine)?;
+    if !pushing && existing.is_none() {
+        return Err(Refusal::new("confine", format!("there is no run '{}' to pull from", decision.run)));
     }
-    let folder = if pushing {
-        tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs).map_err(confine)?
-    } else {
-        tree.existing_run_folder(&decision.run)
-            .map_err(confine)?
-            .ok_or_else(|| Refusal::new("confine", format!("there is no run '{}' to pull from", decision.run)))?
+    let current_bytes = match &existing {
+        Some(folder) => folder.check_database(database).map_err(confine)?,
+        None => 0,
     };
-    let current_bytes = folder.check_database(database).map_err(confine)?;
-    if !pushing && folder.database_size(database).is_none() {
+    if !pushing && existing.as_ref().and_then(|f| f.database_size(database)).is_none() {
         return Err(Refusal::new("confine", format!("there is no replica '{}/{database}' to pull", decision.run)));
     }
     let fsize_limit = match limits.max_party_bytes {
@@ -301,10 +300,9 @@ fn act(
             limits.max_db_bytes.0.min(quota.0.saturating_sub(used).saturating_add(current_bytes))
         }
     };
-    let program = config.sqlite3_rsync.as_path();
-    let sandbox =
-        Sandbox::prepare(program, &folder.fd, plan.policy.require_sandbox).map_err(|e| Refusal::new("sandbox", e))?;
-    let sandbox_summary = sandbox.summary.clone();
+    if pushing {
+        check_run_owner(recorder, plan)?;
+    }
     let locks = Locks::acquire(
         &config.locks_dir(),
         &plan.party,
@@ -319,6 +317,17 @@ fn act(
         }
         e => Refusal::new("busy", e),
     })?;
+    let folder = match existing {
+        Some(folder) => folder,
+        None => tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs).map_err(confine)?,
+    };
+    if pushing {
+        claim_run(recorder, plan)?;
+    }
+    let program = config.sqlite3_rsync.as_path();
+    let sandbox =
+        Sandbox::prepare(program, &folder.fd, plan.policy.require_sandbox).map_err(|e| Refusal::new("sandbox", e))?;
+    let sandbox_summary = sandbox.summary.clone();
     let args = sync_arguments(decision, flags, &folder.database_path(database));
     let allow = line
         .clone()
@@ -358,6 +367,20 @@ fn act(
         }
     }
     Ok(outcome.exit.status())
+}
+
+/// Refuses a run another party owns, before anything is created for it.
+fn check_run_owner(recorder: &Recorder<'_>, plan: &Plan) -> Result<(), Refusal> {
+    let Some(store) = &recorder.store else { return Ok(()) };
+    match store.run(&plan.decision.run) {
+        Ok(Some(run)) if run.party != plan.party => Err(Refusal::new(
+            "run",
+            format!("run '{}' belongs to another party; name your runs with your own ULIDs", plan.decision.run),
+        )),
+        Ok(_) => Ok(()),
+        Err(error) => Err(Refusal::new("internal", "the central host cannot read its runs; tell the administrator")
+            .with_detail(error)),
+    }
 }
 
 /// Claims the run folder for the party in the store: a folder is one party's, across all parties.
