@@ -3,11 +3,14 @@
 //!
 //! Run: `cargo bench --bench gate_decision`. Prints figures; asserts nothing about time.
 
+mod measure;
+
 use evosync::config::Config;
 use evosync::gate;
+use measure::ratio;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DR_CMA-MAE_run";
 
@@ -129,25 +132,11 @@ fn run(mut command: Command) {
     std::hint::black_box(status);
 }
 
-fn median_of(n: usize, mut f: impl FnMut()) -> Duration {
-    for _ in 0..n.min(20) {
-        f();
-    }
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[n / 2]
+/// As before this module existed: up to 20 untimed runs first.
+fn median_of(n: usize, f: impl FnMut()) -> Duration {
+    measure::median(n.min(20), n, f)
 }
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
 }

@@ -9,15 +9,17 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod measure;
 
 use evosync::admin::Admin;
 use evosync::config::Config;
 use evosync::store::{self, SshKey, Store};
+use measure::ratio;
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{HashAlg, PublicKey};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const GATE: &str = env!("CARGO_BIN_EXE_evosync-gate");
 
@@ -190,23 +192,11 @@ fn login_time(host: &Host, by_command: bool) -> Duration {
     })
 }
 
-fn median(n: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[n / 2]
+/// One untimed run first.
+fn median(n: usize, f: impl FnMut()) -> Duration {
+    measure::median(1, n, f)
 }
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
 }
