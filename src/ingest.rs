@@ -10,7 +10,7 @@ use crate::sys;
 use nix::errno::Errno;
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -102,6 +102,9 @@ pub struct StoredFile {
     pub sha256: String,
     /// Bytes of the version it replaced (0 for a new file).
     pub replaced_bytes: u64,
+    /// Its modification time, as listings report it.
+    #[serde(skip)]
+    pub modified_ns: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,12 @@ pub enum FinishError {
     Io(#[from] std::io::Error),
 }
 
+impl From<Errno> for FinishError {
+    fn from(errno: Errno) -> Self {
+        FinishError::Io(errno.into())
+    }
+}
+
 impl PendingFile {
     pub fn begin(dir: Arc<OwnedFd>, name: &str) -> std::io::Result<PendingFile> {
         let temp_name = format!("{TEMP_PREFIX}{}.tmp", uuid::Uuid::new_v4().simple());
@@ -119,18 +128,31 @@ impl PendingFile {
         Ok(PendingFile { dir, temp_name, name: name.to_owned(), file: Some(file), hasher: Sha256::new(), bytes: 0 })
     }
 
-    /// The folder the file is going into.
-    pub fn dir(&self) -> Arc<OwnedFd> {
-        self.dir.clone()
+    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        self.write_chunks(&[chunk])
     }
 
-    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.hasher.update(chunk);
-        self.bytes += chunk.len() as u64;
-        match &mut self.file {
-            Some(file) => file.write_all(chunk),
-            None => Err(std::io::Error::other("the file was already finished")),
+    /// Appends the chunks in order, with as few system calls as the kernel allows (writev).
+    pub fn write_chunks(&mut self, chunks: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
+        let file = self.file.as_mut().ok_or_else(|| std::io::Error::other("the file was already finished"))?;
+        let mut slices: Vec<IoSlice> = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let chunk = chunk.as_ref();
+            self.hasher.update(chunk);
+            self.bytes += chunk.len() as u64;
+            slices.push(IoSlice::new(chunk));
         }
+        let mut remaining = &mut slices[..];
+        IoSlice::advance_slices(&mut remaining, 0); // skips leading empty chunks
+        while !remaining.is_empty() {
+            match file.write_vectored(remaining) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => IoSlice::advance_slices(&mut remaining, written),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Makes the file durable and puts it in place, if its digest is the one announced.
@@ -152,17 +174,21 @@ impl PendingFile {
         }
         let file = self.file.take().ok_or_else(|| std::io::Error::other("the file was already finished"))?;
         file.sync_data()?;
+        let stat = sys::fstat(&file).map_err(std::io::Error::from)?;
+        let modified_ns = stat.st_mtime * 1_000_000_000 + stat.st_mtime_nsec;
         drop(file);
-        let replaced_bytes = sys::stat_in(self.dir.as_ref(), &self.name)
-            .ok()
-            .flatten()
-            .filter(sys::is_regular_file)
-            .map(|stat| stat.st_size.max(0) as u64)
-            .unwrap_or(0);
-        sys::rename_in(self.dir.as_ref(), &self.temp_name, &self.name).map_err(std::io::Error::from)?;
+        let dir = self.dir.as_ref();
+        // Most uploads are new files: one rename that refuses to replace, and a stat only when it did refuse.
+        let replaced_bytes = if sys::rename_new_in(dir, &self.temp_name, &self.name)? {
+            0
+        } else {
+            let old = sys::stat_in(dir, &self.name).ok().flatten().filter(sys::is_regular_file);
+            sys::rename_in(dir, &self.temp_name, &self.name)?;
+            old.map(|stat| stat.st_size.max(0) as u64).unwrap_or(0)
+        };
         self.temp_name.clear(); // nothing left to clean up
-        syncer.sync(self.dir.as_ref()).map_err(std::io::Error::from)?;
-        Ok(StoredFile { name: self.name.clone(), bytes: self.bytes, sha256: hex(&digest), replaced_bytes })
+        syncer.sync(dir)?;
+        Ok(StoredFile { name: self.name.clone(), bytes: self.bytes, sha256: hex(&digest), replaced_bytes, modified_ns })
     }
 }
 

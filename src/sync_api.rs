@@ -9,6 +9,7 @@ use crate::ingest::{self, PendingFile, StoredFile};
 use crate::policy::Policy;
 use crate::secrets::{self, API_KEY_PREFIX};
 use crate::store::{self, FileRecord, Store};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -33,15 +34,17 @@ pub struct SyncState {
     pub metrics: Metrics,
     pub events: broadcast::Sender<String>,
     pub dir_syncer: ingest::DirSyncer,
+    /// Bytes of small files held in memory while they arrive (bounded by `SMALL_FILES_BUDGET`).
+    held_bytes: std::sync::atomic::AtomicUsize,
     /// Stored files' records go to one writer thread that commits them in batches: uploads never queue on the
     /// store's write lock. The records only cache hashes for listings (checked against size and mtime), so one
     /// lost in a crash costs a re-hash, never a file.
-    records: Mutex<Option<std::sync::mpsc::Sender<FileRecord>>>,
+    records: Mutex<Option<std::sync::mpsc::Sender<RecordMessage>>>,
 }
 
 impl SyncState {
     pub fn new(store_path: std::path::PathBuf) -> SyncState {
-        let (sender, receiver) = std::sync::mpsc::channel::<FileRecord>();
+        let (sender, receiver) = std::sync::mpsc::channel::<RecordMessage>();
         std::thread::spawn(move || record_writer(&store_path, receiver));
         SyncState {
             buckets: Mutex::default(),
@@ -51,24 +54,57 @@ impl SyncState {
             metrics: Metrics::default(),
             events: broadcast::channel(1024).0,
             dir_syncer: ingest::DirSyncer::default(),
+            held_bytes: std::sync::atomic::AtomicUsize::new(0),
             records: Mutex::new(Some(sender)),
         }
     }
 
-    fn remember(&self, record: FileRecord, store: &Store) {
-        let sent = self.records.lock().ok().and_then(|sender| sender.as_ref().map(|s| s.send(record.clone()).is_ok()));
-        if sent != Some(true) {
-            let _ = store.record_file(&record);
+    /// Queues a stored file's record for the writer thread. Should that thread be gone, the record is lost and the
+    /// next listing hashes the file again.
+    fn remember(&self, record: FileRecord) {
+        if !self.send_record(RecordMessage::File(record)) {
+            eprintln!("evosync-serve event=store-error error=\"the record writer has stopped\"");
         }
+    }
+
+    /// Returns once every record queued before the call is in the store (or after two seconds at most).
+    fn settle_records(&self) {
+        let (ack, done) = std::sync::mpsc::sync_channel(1);
+        if self.send_record(RecordMessage::Settle(ack)) {
+            let _ = done.recv_timeout(Duration::from_secs(2));
+        }
+    }
+
+    fn send_record(&self, message: RecordMessage) -> bool {
+        let sent = self.records.lock().ok().and_then(|sender| sender.as_ref().map(|s| s.send(message).is_ok()));
+        sent == Some(true)
     }
 }
 
+enum RecordMessage {
+    File(FileRecord),
+    /// Answered once the records sent before it are committed.
+    Settle(std::sync::mpsc::SyncSender<()>),
+}
+
+/// How long the record writer waits for more records once one has come.
+const RECORD_LINGER: Duration = Duration::from_millis(20);
+
 /// Commits file records in batches of whatever has queued up.
-fn record_writer(store_path: &std::path::Path, receiver: std::sync::mpsc::Receiver<FileRecord>) {
+fn record_writer(store_path: &std::path::Path, receiver: std::sync::mpsc::Receiver<RecordMessage>) {
     let Ok(store) = Store::open(store_path) else { return };
     while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        batch.extend(receiver.try_iter().take(4095));
+        if matches!(first, RecordMessage::File(_)) {
+            // Let a busy stream of uploads gather: one transaction and one wake-up per batch, not per file.
+            std::thread::sleep(RECORD_LINGER);
+        }
+        let (mut batch, mut waiting) = (Vec::new(), Vec::new());
+        for message in std::iter::once(first).chain(receiver.try_iter().take(4095)) {
+            match message {
+                RecordMessage::File(record) => batch.push(record),
+                RecordMessage::Settle(ack) => waiting.push(ack),
+            }
+        }
         let written = store.in_transaction(|store| {
             for record in &batch {
                 store.record_file(record)?;
@@ -77,6 +113,9 @@ fn record_writer(store_path: &std::path::Path, receiver: std::sync::mpsc::Receiv
         });
         if let Err(error) = written {
             eprintln!("evosync-serve event=store-error error={error:?}");
+        }
+        for ack in waiting {
+            let _ = ack.send(());
         }
     }
 }
@@ -144,14 +183,20 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, message)
 }
 
+/// One log line in one write: stderr is unbuffered, and `eprintln!` would write it in pieces.
+fn log_line(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// Refusals are counted by reason and logged as one line.
 fn refusal(state: &Shared, reason: &str, error: ApiError) -> ApiError {
     state.sync.metrics.add(&format!("evosync_refusals_total{{reason=\"{reason}\"}}"), 1);
-    eprintln!(
-        "evosync-serve event=refuse reason={reason} status={} message={:?}",
+    log_line(&format!(
+        "evosync-serve event=refuse reason={reason} status={} message={:?}\n",
         error.status.as_u16(),
         error.message
-    );
+    ));
     error
 }
 
@@ -625,7 +670,7 @@ async fn upload_inner(
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("not a multipart body: {}", e.body_text())))?;
         let mut subdir = ingest::DEFAULT_SUBDIR.to_owned();
         let mut files = 0;
-        while let Some(mut field) = multipart.next_field().await.map_err(|e| {
+        while let Some(field) = multipart.next_field().await.map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, format!("the multipart body is broken: {}", e.body_text()))
         })? {
             match field.name() {
@@ -636,14 +681,9 @@ async fn upload_inner(
                 Some("file") => {
                     files += 1;
                     let name = field.file_name().unwrap_or_default().to_owned();
-                    let mut pending = begin(state, &target, &subdir, &name).await?;
-                    while let Some(chunk) = field.chunk().await.map_err(|e| {
-                        ApiError::new(StatusCode::BAD_REQUEST, format!("the upload broke off: {}", e.body_text()))
-                    })? {
-                        write_chunk(state, &target, &mut pending, &chunk, stored_bytes(&stored))?;
-                    }
                     let digest = if files == 1 { announced } else { None };
-                    stored.push(finish(state, &target, &subdir, pending, digest).await?);
+                    let earlier = stored_bytes(&stored);
+                    stored.push(receive_file(state, &target, &subdir, &name, field, earlier, digest).await?);
                 }
                 other => {
                     let message = format!(
@@ -669,14 +709,8 @@ async fn upload_inner(
             )
         })?;
         let subdir = query.subdir.clone().unwrap_or_else(|| ingest::DEFAULT_SUBDIR.to_owned());
-        let mut pending = begin(state, &target, &subdir, &name).await?;
-        let mut body = request.into_body().into_data_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the upload broke off: {e}")))?;
-            write_chunk(state, &target, &mut pending, &chunk, 0)?;
-        }
-        stored.push(finish(state, &target, &subdir, pending, announced).await?);
+        let body = request.into_body().into_data_stream();
+        stored.push(receive_file(state, &target, &subdir, &name, body, 0, announced).await?);
     }
     Ok(stored)
 }
@@ -685,46 +719,125 @@ fn stored_bytes(stored: &[StoredFile]) -> u64 {
     stored.iter().map(|f| f.bytes).sum()
 }
 
-async fn begin(state: &Shared, target: &UploadTarget, subdir: &str, name: &str) -> Result<PendingFile, ApiError> {
-    let segments: Vec<String> = ingest::check_subdir(subdir)
+/// Files up to this size are held in memory until their last byte and then written, synced and renamed in one
+/// trip to a blocking thread; larger ones stream to their temp file as they arrive.
+const SMALL_FILE_BYTES: usize = 256 * 1024;
+/// What all small files being received may hold in memory at once; beyond it they stream too, so memory stays
+/// bounded whatever the number of clients.
+const SMALL_FILES_BUDGET: usize = 16 * 1024 * 1024;
+
+/// A small file's chunks, held against the shared budget until the file is written or dropped.
+struct HeldChunks<'a> {
+    budget: &'a std::sync::atomic::AtomicUsize,
+    chunks: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl<'a> HeldChunks<'a> {
+    fn new(budget: &'a std::sync::atomic::AtomicUsize) -> Self {
+        HeldChunks { budget, chunks: Vec::new(), bytes: 0 }
+    }
+
+    /// Keeps `chunk` if the file is still small and the budget allows; gives it back otherwise.
+    fn keep(&mut self, chunk: Bytes) -> Result<(), Bytes> {
+        use std::sync::atomic::Ordering;
+        if self.bytes + chunk.len() > SMALL_FILE_BYTES {
+            return Err(chunk);
+        }
+        let reserved = self.budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + chunk.len() <= SMALL_FILES_BUDGET).then_some(used + chunk.len())
+        });
+        if reserved.is_err() {
+            return Err(chunk);
+        }
+        self.bytes += chunk.len();
+        self.chunks.push(chunk);
+        Ok(())
+    }
+}
+
+impl Drop for HeldChunks<'_> {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The folder segments and name of a file part, checked before any of its bytes are read.
+fn check_destination(state: &Shared, target: &UploadTarget, subdir: &str, name: &str) -> Result<Vec<String>, ApiError> {
+    let segments = ingest::check_subdir(subdir)
         .map_err(|e| refusal(state, "name", ApiError::new(StatusCode::BAD_REQUEST, e.to_string())))?
         .into_iter()
         .map(str::to_owned)
         .collect();
     ingest::check_file_name(name, &target.caller.policy.uploads.extensions)
         .map_err(|e| refusal(state, "name", ApiError::new(StatusCode::BAD_REQUEST, e.to_string())))?;
-    let run_fd = target.run_fd.clone();
-    let name = name.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let dir = ingest::open_subdir(&run_fd, &segments, true)
-            .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("cannot use folder {}: {e}", segments.join("/"))))?
-            .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "folder vanished"))?;
-        PendingFile::begin(Arc::new(dir), &name)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the file: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    Ok(segments)
 }
 
-/// Appends a chunk (a write into the page cache; the fsync comes in `finish`, off the async threads).
-fn write_chunk(
+/// Receives one file's body and puts it in place: whole, or not at all.
+async fn receive_file<E: std::fmt::Display>(
     state: &Shared,
     target: &UploadTarget,
-    pending: &mut PendingFile,
-    chunk: &[u8],
+    subdir: &str,
+    name: &str,
+    body: impl futures_util::Stream<Item = Result<Bytes, E>>,
+    earlier: u64,
+    digest: Option<[u8; 32]>,
+) -> Result<StoredFile, ApiError> {
+    let segments = check_destination(state, target, subdir, name)?;
+    let mut body = std::pin::pin!(body);
+    let mut held = HeldChunks::new(&state.sync.held_bytes);
+    let mut streaming: Option<PendingFile> = None;
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("the upload broke off: {e}")))?;
+        received += chunk.len() as u64;
+        check_limits(state, target, name, received, earlier)?;
+        let chunk = match &mut streaming {
+            None => match held.keep(chunk) {
+                Ok(()) => continue,
+                Err(chunk) => chunk,
+            },
+            Some(_) => chunk,
+        };
+        let pending = match &mut streaming {
+            Some(pending) => pending,
+            None => {
+                let mut pending = open_pending(target, segments.clone(), name).await?;
+                pending.write_chunks(&std::mem::take(&mut held.chunks)).map_err(write_failed)?;
+                streaming.insert(pending)
+            }
+        };
+        pending.write_chunks(&[chunk]).map_err(write_failed)?;
+    }
+    let received = match streaming {
+        Some(pending) => Received::Streamed(pending),
+        None => Received::Held { run_fd: target.run_fd.clone(), segments, chunks: std::mem::take(&mut held.chunks) },
+    };
+    let stored = put_in_place(state, target, subdir, name, received, digest).await;
+    drop(held);
+    stored
+}
+
+fn write_failed(error: std::io::Error) -> ApiError {
+    ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot write the file: {error}"))
+}
+
+/// The per-file limit (413) and the party's quota (507), as the bytes arrive.
+fn check_limits(
+    state: &Shared,
+    target: &UploadTarget,
+    name: &str,
+    received: u64,
     earlier: u64,
 ) -> Result<(), ApiError> {
-    let limit = target.caller.policy.uploads.max_file_bytes.0;
-    if pending.bytes + chunk.len() as u64 > limit {
-        let message = format!(
-            "'{}' is over the {} limit per file; nothing was stored",
-            pending.name, target.caller.policy.uploads.max_file_bytes
-        );
+    let limit = target.caller.policy.uploads.max_file_bytes;
+    if received > limit.0 {
+        let message = format!("'{name}' is over the {limit} limit per file; nothing was stored");
         return Err(refusal(state, "too-large", ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)));
     }
     if let Some(left) = target.quota_left {
-        if earlier + pending.bytes + chunk.len() as u64 > left {
+        if earlier + received > left {
             let message = format!(
                 "party '{}' would go over its quota (max_party_bytes); nothing was stored",
                 target.caller.party
@@ -732,55 +845,91 @@ fn write_chunk(
             return Err(refusal(state, "quota", ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message)));
         }
     }
-    pending
-        .write(chunk)
-        .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, format!("cannot write the file: {e}")))
+    Ok(())
 }
 
-async fn finish(
+/// Creates the temp file of a file that streams (its folder is created on the way).
+async fn open_pending(target: &UploadTarget, segments: Vec<String>, name: &str) -> Result<PendingFile, ApiError> {
+    let run_fd = target.run_fd.clone();
+    let name = name.to_owned();
+    off_thread(move || begin_in(&run_fd, &segments, &name)).await
+}
+
+fn begin_in(run_fd: &OwnedFd, segments: &[String], name: &str) -> Result<PendingFile, ApiError> {
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let dir = ingest::open_subdir(run_fd, &segments, true)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, format!("cannot use folder {}: {e}", segments.join("/"))))?
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "folder vanished"))?;
+    PendingFile::begin(Arc::new(dir), name)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store the file: {e}")))
+}
+
+/// Blocking file-system work (no store connection) off the async threads.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("internal error: {e}")))?
+}
+
+/// A file whose last byte has arrived.
+enum Received {
+    /// Already in its temp file.
+    Streamed(PendingFile),
+    /// Still in memory: written, synced and renamed in the same trip.
+    Held { run_fd: Arc<OwnedFd>, segments: Vec<String>, chunks: Vec<Bytes> },
+}
+
+/// Makes the file durable and puts it in place (one trip to a blocking thread), then records and announces it.
+async fn put_in_place(
     state: &Shared,
     target: &UploadTarget,
     subdir: &str,
-    pending: PendingFile,
+    name: &str,
+    received: Received,
     digest: Option<[u8; 32]>,
 ) -> Result<StoredFile, ApiError> {
-    let (party, run, subdir_owned, key_id) =
-        (target.caller.party.clone(), target.run.clone(), subdir.to_owned(), target.caller.key_id.clone());
-    let stored = blocking(state, move |shared, store| {
-        let dir = pending.dir();
+    let (shared, party, run, subdir_owned, name_owned) =
+        (state.clone(), target.caller.party.clone(), target.run.clone(), subdir.to_owned(), name.to_owned());
+    let stored = off_thread(move || {
+        let pending = match received {
+            Received::Streamed(pending) => pending,
+            Received::Held { run_fd, segments, chunks } => {
+                let mut pending = begin_in(&run_fd, &segments, &name_owned)?;
+                pending.write_chunks(&chunks).map_err(write_failed)?;
+                pending
+            }
+        };
         let stored = pending.finish_with(digest.as_ref(), &shared.sync.dir_syncer).map_err(|e| match e {
             ingest::FinishError::DigestMismatch { .. } => {
-                refusal(shared, "digest", ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+                refusal(&shared, "digest", ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
             }
             ingest::FinishError::Io(_) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         })?;
-        let mtime_ns = crate::sys::stat_in(dir.as_ref(), &stored.name)
-            .ok()
-            .flatten()
-            .map(|s| s.st_mtime * 1_000_000_000 + s.st_mtime_nsec)
-            .unwrap_or(0);
-        let record = FileRecord {
+        shared.sync.remember(FileRecord {
             party: party.clone(),
-            run: run.clone(),
-            subdir: subdir_owned.clone(),
+            run,
+            subdir: subdir_owned,
             name: stored.name.clone(),
             size: stored.bytes,
-            mtime_ns,
+            mtime_ns: stored.modified_ns,
             sha256: stored.sha256.clone(),
             stored_at: store::now(),
-        };
-        shared.sync.remember(record, store);
+        });
         shared.sync.add_usage(&party, stored.bytes, stored.replaced_bytes);
         Ok(stored)
     })
     .await?;
     state.sync.metrics.add("evosync_upload_bytes_total", stored.bytes);
     state.sync.metrics.add("evosync_uploads_total", 1);
-    let event = serde_json::json!({ "type": "upload", "party": target.caller.party, "key": key_id, "run": target.run,
-        "subdir": subdir, "name": stored.name, "bytes": stored.bytes, "sha256": stored.sha256, "at": store::now() });
-    let _ = state.sync.events.send(event.to_string());
-    if state.sync.events.receiver_count() == 0 && std::env::var_os("EVOSYNC_LOG_UPLOADS").is_some() {
-        eprintln!("evosync-serve {event}");
+    let event = serde_json::json!({ "type": "upload", "party": target.caller.party, "key": target.caller.key_id,
+        "run": target.run, "subdir": subdir, "name": stored.name, "bytes": stored.bytes, "sha256": stored.sha256,
+        "replaced": stored.replaced_bytes > 0, "at": store::now() });
+    let event = event.to_string();
+    log_line(&format!("evosync-serve event=upload {event}\n"));
+    if state.sync.events.receiver_count() > 0 {
+        let _ = state.sync.events.send(event);
     }
     Ok(stored)
 }
@@ -797,6 +946,7 @@ pub async fn status(State(state): State<Shared>, UrlPath(run): UrlPath<String>, 
         let caller = shared.sync.authenticate(shared, store, key.as_deref())?;
         admit(shared, &caller)?;
         let (_, folder) = open_run(shared, store, &caller, &run, false)?;
+        shared.sync.settle_records(); // counts include every upload answered before this request
         let pushes = store.last_syncs(&caller.party, &run)?;
         let replicas: Vec<_> = caller
             .policy
@@ -914,4 +1064,28 @@ impl utoipa::Modify for Security {
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, content_type = "application/json")))]
 pub async fn openapi_json() -> Response {
     Json(<ApiDoc as utoipa::OpenApi>::openapi()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn small_files_are_held_within_the_budget_and_give_it_back() {
+        let budget = AtomicUsize::new(0);
+        let mut held = HeldChunks::new(&budget);
+        assert!(held.keep(Bytes::from(vec![0u8; 1000])).is_ok());
+        assert!(held.keep(Bytes::from(vec![0u8; SMALL_FILE_BYTES])).is_err(), "over the size of a small file");
+        assert_eq!(budget.load(Ordering::Acquire), 1000);
+        drop(held);
+        assert_eq!(budget.load(Ordering::Acquire), 0);
+
+        let budget = AtomicUsize::new(SMALL_FILES_BUDGET - 10);
+        let mut held = HeldChunks::new(&budget);
+        assert!(held.keep(Bytes::from(vec![0u8; 20])).is_err(), "the budget is spent: the file streams instead");
+        assert!(held.keep(Bytes::from(vec![0u8; 10])).is_ok());
+        drop(held);
+        assert_eq!(budget.load(Ordering::Acquire), SMALL_FILES_BUDGET - 10);
+    }
 }

@@ -150,6 +150,16 @@ pub fn rename_in(dir: &impl AsRawFd, from: &str, to: &str) -> Result<(), Errno> 
     nix::fcntl::renameat(Some(dir.as_raw_fd()), from, Some(dir.as_raw_fd()), to)
 }
 
+/// Renames `from` to `to` in `dir` only if `to` does not exist yet: `Ok(false)` when it does.
+pub fn rename_new_in(dir: &impl AsRawFd, from: &str, to: &str) -> Result<bool, Errno> {
+    let fd = Some(dir.as_raw_fd());
+    match nix::fcntl::renameat2(fd, from, fd, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn unlink_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
     nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
 }

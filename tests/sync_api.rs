@@ -378,25 +378,30 @@ fn a_client_killed_mid_upload_leaves_no_partial_file_and_the_old_version() {
     let name = "coverage_killed.json.gz";
     let old = noise(9, 1000);
     assert_eq!(host.upload(&host.acme_key, RUN, "analysisResults", name, &old).0, 200);
-    let (content_type, body) = worker_multipart("analysisResults", name, &noise(10, 200_000));
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", host.port())).unwrap();
-    write!(
-        stream,
-        "POST /api/sync/analysis/{RUN} HTTP/1.1\r\nHost: x\r\nX-Sync-API-Key: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        host.acme_key,
-        body.len()
-    )
-    .unwrap();
-    stream.write_all(&body[..body.len() / 2]).unwrap();
-    stream.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    drop(stream); // the worker dies
-    std::thread::sleep(Duration::from_millis(500));
-    let folder = host.run_dir("acme", RUN).join("analysisResults");
-    let names: Vec<String> =
-        std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, vec![name.to_owned()], "no temp file left");
-    assert_eq!(std::fs::read(folder.join(name)).unwrap(), old, "the previous version is intact");
+    // A small file is held in memory until its last byte; a large one streams into a temp file: both must vanish.
+    for size in [200_000, 3_000_000] {
+        let (content_type, body) = worker_multipart("analysisResults", name, &noise(10, size));
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", host.port())).unwrap();
+        write!(
+            stream,
+            "POST /api/sync/analysis/{RUN} HTTP/1.1\r\nHost: x\r\nX-Sync-API-Key: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            host.acme_key,
+            body.len()
+        )
+        .unwrap();
+        stream.write_all(&body[..body.len() / 2]).unwrap();
+        stream.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(stream); // the worker dies
+        std::thread::sleep(Duration::from_millis(500));
+        let folder = host.run_dir("acme", RUN).join("analysisResults");
+        let names: Vec<String> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![name.to_owned()], "no temp file left ({size} bytes)");
+        assert_eq!(std::fs::read(folder.join(name)).unwrap(), old, "the previous version is intact ({size} bytes)");
+    }
 }
 
 #[test]
