@@ -52,14 +52,30 @@ pub struct RunFolder {
     pub created: bool,
 }
 
+/// The replica root, opened once: a long-lived service resolves parties beneath it without walking its path again.
+pub struct ReplicaRoot {
+    fd: OwnedFd,
+    canonical: PathBuf,
+}
+
+impl ReplicaRoot {
+    pub fn open(replica_root: &Path) -> Result<ReplicaRoot, ConfineError> {
+        let root_error = |errno| ConfineError::ReplicaRoot { path: replica_root.to_owned(), errno };
+        let fd = sys::open_dir(replica_root).map_err(root_error)?;
+        let canonical = std::fs::canonicalize(replica_root).map_err(|e| root_error(io_errno(&e)))?;
+        Ok(ReplicaRoot { fd, canonical })
+    }
+}
+
 impl PartyTree {
     pub fn open(replica_root: &Path, party: &str) -> Result<PartyTree, ConfineError> {
-        let root_error = |errno| ConfineError::ReplicaRoot { path: replica_root.to_owned(), errno };
-        let root = sys::open_dir(replica_root).map_err(root_error)?;
-        let canonical_root = std::fs::canonicalize(replica_root).map_err(|e| root_error(io_errno(&e)))?;
-        let fd = sys::open_dir_beneath(&root, party)
+        PartyTree::open_in(&ReplicaRoot::open(replica_root)?, party)
+    }
+
+    pub fn open_in(root: &ReplicaRoot, party: &str) -> Result<PartyTree, ConfineError> {
+        let fd = sys::open_dir_beneath(&root.fd, party)
             .map_err(|errno| ConfineError::NoPartyRoot { party: party.to_owned(), errno })?;
-        Ok(PartyTree { party: party.to_owned(), fd, path: canonical_root.join(party) })
+        Ok(PartyTree { party: party.to_owned(), fd, path: root.canonical.join(party) })
     }
 
     pub fn path(&self) -> &Path {

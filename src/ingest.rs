@@ -202,6 +202,9 @@ impl Drop for PendingFile {
 
 /// Shares folder fsyncs between concurrent uploads: a caller returns once an fsync of its folder that started after
 /// its rename has finished, and one fsync serves everyone who renamed while the previous one ran.
+///
+/// Callers waiting for round `n` sleep on condvar `n % 2`, so a finished round wakes only the callers it served,
+/// plus one caller of the next round to run it.
 #[derive(Default)]
 pub struct DirSyncer {
     folders: std::sync::Mutex<std::collections::HashMap<(u64, u64), Arc<FolderSync>>>,
@@ -210,13 +213,15 @@ pub struct DirSyncer {
 #[derive(Default)]
 struct FolderSync {
     state: std::sync::Mutex<SyncRound>,
-    finished: std::sync::Condvar,
+    finished: [std::sync::Condvar; 2],
 }
 
 #[derive(Default)]
 struct SyncRound {
+    /// Rounds started, finished, and the highest round a caller waits for.
     started: u64,
     done: u64,
+    wanted: u64,
     running: bool,
 }
 
@@ -229,12 +234,13 @@ impl DirSyncer {
         };
         let mut round = folder.state.lock().map_err(|_| Errno::EIO)?;
         let needed = round.started + 1;
+        round.wanted = round.wanted.max(needed);
         loop {
             if round.done >= needed {
                 return Ok(());
             }
             if round.running {
-                round = folder.finished.wait(round).map_err(|_| Errno::EIO)?;
+                round = folder.finished[(needed % 2) as usize].wait(round).map_err(|_| Errno::EIO)?;
                 continue;
             }
             round.running = true;
@@ -247,7 +253,11 @@ impl DirSyncer {
             if result.is_ok() {
                 round.done = this;
             }
-            folder.finished.notify_all();
+            // A failed round wakes its callers too: each retries, and one of them runs the next attempt.
+            folder.finished[(this % 2) as usize].notify_all();
+            if round.wanted > this {
+                folder.finished[((this + 1) % 2) as usize].notify_one();
+            }
             result?;
         }
     }
@@ -370,6 +380,20 @@ mod tests {
         assert!(announced_sha256(Some("sha-256=:@@@@:"), None).is_err());
         assert!(announced_sha256(None, Some("abc")).is_err());
         assert_eq!(announced_sha256(None, None).unwrap(), None);
+    }
+
+    #[test]
+    fn concurrent_folder_syncs_all_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = Arc::new(sys::open_dir(dir.path()).unwrap());
+        let syncer = Arc::new(DirSyncer::default());
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (fd, syncer) = (fd.clone(), syncer.clone());
+                std::thread::spawn(move || (0..20).all(|_| syncer.sync(&fd).is_ok()))
+            })
+            .collect();
+        assert!(threads.into_iter().all(|t| t.join().unwrap()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! A party sees only its own runs: another party's run answers exactly as a run that does not exist.
 
-use crate::confine::{ConfineError, PartyTree, RunFolder};
+use crate::confine::{ConfineError, PartyTree, ReplicaRoot, RunFolder};
 use crate::http::{ApiError, Shared};
 use crate::ingest::{self, PendingFile, StoredFile};
 use crate::policy::Policy;
@@ -34,6 +34,11 @@ pub struct SyncState {
     pub metrics: Metrics,
     pub events: broadcast::Sender<String>,
     pub dir_syncer: ingest::DirSyncer,
+    /// Files being made durable at once: enough concurrent fsyncs for the disk to merge their flushes, few enough
+    /// that the blocking threads stay free for the store lookups every request needs.
+    disk_slots: tokio::sync::Semaphore,
+    /// The replica root, opened on first use and kept (moving it needs a restart).
+    replica_root: std::sync::OnceLock<Arc<ReplicaRoot>>,
     /// Bytes of small files held in memory while they arrive (bounded by `SMALL_FILES_BUDGET`).
     held_bytes: std::sync::atomic::AtomicUsize,
     /// Stored files' records go to one writer thread that commits them in batches: uploads never queue on the
@@ -55,6 +60,8 @@ impl SyncState {
             events: broadcast::channel(1024).0,
             dir_syncer: ingest::DirSyncer::default(),
             held_bytes: std::sync::atomic::AtomicUsize::new(0),
+            replica_root: std::sync::OnceLock::new(),
+            disk_slots: tokio::sync::Semaphore::new(DISK_SLOTS),
             records: Mutex::new(Some(sender)),
         }
     }
@@ -65,6 +72,14 @@ impl SyncState {
         if !self.send_record(RecordMessage::File(record)) {
             eprintln!("evosync-serve event=store-error error=\"the record writer has stopped\"");
         }
+    }
+
+    fn replica_root(&self, path: &std::path::Path) -> Result<Arc<ReplicaRoot>, ConfineError> {
+        if let Some(root) = self.replica_root.get() {
+            return Ok(root.clone());
+        }
+        let root = Arc::new(ReplicaRoot::open(path)?);
+        Ok(self.replica_root.get_or_init(|| root).clone())
     }
 
     /// Returns once every record queued before the call is in the store (or after two seconds at most).
@@ -86,6 +101,9 @@ enum RecordMessage {
     /// Answered once the records sent before it are committed.
     Settle(std::sync::mpsc::SyncSender<()>),
 }
+
+/// Files made durable at once (see `SyncState::disk_slots`).
+const DISK_SLOTS: usize = 32;
 
 /// How long the record writer waits for more records once one has come.
 const RECORD_LINGER: Duration = Duration::from_millis(20);
@@ -359,10 +377,17 @@ fn open_run(
         Some(_) => true,
         None => false,
     };
-    let tree = PartyTree::open(&shared.config.replica_root, &caller.party).map_err(|e| {
-        eprintln!("evosync-serve event=confine-error party={} error={e:?}", caller.party);
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the party has no tree on this host; tell the administrator")
-    })?;
+    let tree = shared
+        .sync
+        .replica_root(&shared.config.replica_root)
+        .and_then(|root| PartyTree::open_in(&root, &caller.party))
+        .map_err(|e| {
+            eprintln!("evosync-serve event=confine-error party={} error={e:?}", caller.party);
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the party has no tree on this host; tell the administrator",
+            )
+        })?;
     let folder = if create {
         tree.run_folder(run, caller.policy.create_runs, caller.policy.limits.max_runs)
     } else {
@@ -892,6 +917,12 @@ async fn put_in_place(
 ) -> Result<StoredFile, ApiError> {
     let (shared, party, run, subdir_owned, name_owned) =
         (state.clone(), target.caller.party.clone(), target.run.clone(), subdir.to_owned(), name.to_owned());
+    let _slot = state
+        .sync
+        .disk_slots
+        .acquire()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let stored = off_thread(move || {
         let pending = match received {
             Received::Streamed(pending) => pending,
