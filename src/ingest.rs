@@ -72,10 +72,15 @@ pub fn open_subdir(run_folder: &OwnedFd, segments: &[&str], create: bool) -> Res
     let mut current: Option<OwnedFd> = None;
     for segment in segments {
         let parent = current.as_ref().unwrap_or(run_folder);
-        if create {
-            sys::make_dir_in(parent, segment)?;
-        }
-        match sys::open_dir_beneath(parent, segment) {
+        // Open first: the folder nearly always exists, and a mkdir would lock the parent on every upload.
+        let opened = match sys::open_dir_beneath(parent, segment) {
+            Err(Errno::ENOENT) if create => {
+                sys::make_dir_in(parent, segment)?;
+                sys::open_dir_beneath(parent, segment)
+            }
+            other => other,
+        };
+        match opened {
             Ok(fd) => current = Some(fd),
             Err(Errno::ENOENT) if !create => return Ok(None),
             Err(e) => return Err(e),
