@@ -2,7 +2,8 @@
 # Upload benchmark of `evosync serve` (figures, not assertions), with the shared load definition:
 #   wrk, 64 connections, the worker's hand-built multipart body, unique ~20 KB files  (../shared/bench/upload.lua)
 # against the same server's GET /healthz in the same run (the ceiling of its HTTP stack), plus the server's peak RSS
-# and the RSS a 1 GiB upload adds. Every 200 means the file and its folder entry were fsynced.
+# and the RSS a 1 GiB upload adds, and the disk's own ceiling for durable small files (benches/disk_ceiling.rs).
+# Every 200 means the file and its folder entry were fsynced.
 # Usage: scripts/bench-upload.sh [SECONDS]     (needs root for scripts/setup-test-env.sh, or wrk and curl installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,16 +14,20 @@ lua=${EVOSYNC_SHARED:-$repo/../shared}/bench/upload.lua
 command -v wrk >/dev/null && command -v curl >/dev/null || scripts/setup-test-env.sh >/dev/null
 
 cargo build --release --locked --bins >/dev/null 2>&1 || cargo build --release --locked --bins
+cargo bench --locked --bench disk_ceiling --no-run >/dev/null 2>&1 || cargo bench --locked --bench disk_ceiling --no-run
 evosync=$repo/target/release/evosync
 work=$(mktemp -d "$repo/target/bench-upload-XXXXXX")
 # On ext4 without a journal, a new inode skips every inode of its group freed in the last 5 minutes (up to 5 more
 # while their table block is dirty), so a run placed where the previous one was just deleted would measure that
-# deletion. The top-directory flag spreads this run's folders to a group of its own, as a long-running host's are.
+# deletion. Under a top-directory flag ext4 places each folder by a hash of its name: names of their own send this
+# run's files to a block group of their own, as a long-running host's are.
 chattr +T "$work" 2>/dev/null || true
+tag=$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')
+replicas=$work/replicas-$tag
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cfg=$work/evosync.yaml
-"$evosync" --config "$cfg" --json init --replica-root "$work/replicas" --policies-dir "$work/policies" \
+"$evosync" --config "$cfg" --json init --replica-root "$replicas" --policies-dir "$work/policies" \
   --state-dir "$work/state" --listen "127.0.0.1:$port" >/dev/null
 "$evosync" --config "$cfg" party add bench >/dev/null
 cat >"$work/policies/bench.yaml" <<YAML
@@ -63,26 +68,17 @@ awk -v a="$cpu_before" -v b="$cpu_after" -v ua="$user_before" -v ub="$user_after
 rps=$(sed -E 's/.* rps=([0-9.]+).*/\1/' <<<"$result")
 awk -v a="$cpu_before" -v b="$cpu_after" -v s="$seconds" -v hz="$(getconf CLK_TCK)" -v r="$rps" \
   'BEGIN { printf "server CPU per upload: %.0f us\n", (b - a) / hz / (r * s) * 1e6 }'
-stored=$(find "$work/replicas/bench/$run/analysisResults" -name 'coverage_*' | wc -l)
+stored=$(find "$replicas/bench/$run/analysisResults" -name 'coverage_*' | wc -l)
 echo "files stored: $stored; server peak RSS: $(( $(kib VmHWM) / 1024 )) MiB"
 awk -v u="$rps" -v h="$healthz_rps" 'BEGIN { printf "uploads/s over healthz/s: %.3f\n", u / h }'
 kill $server; wait $server 2>/dev/null || true
 
-echo "== the disk's own ceiling for the same durability (same run): create 20 KB, fdatasync, rename, fsync folder"
-mkdir -p "$work/disk"
-python3 - "$work/disk" <<'PY'
-import os, sys, threading, time
-folder = sys.argv[1]; data = os.urandom(20480); dfd = os.open(folder, os.O_RDONLY)
-def files(tag, n):
-    for i in range(n):
-        tmp = f"{folder}/{tag}_{i}.tmp"; fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        os.write(fd, data); os.fdatasync(fd); os.close(fd); os.rename(tmp, tmp[:-4] + ".json.gz"); os.fsync(dfd)
-for threads in (1, 64):
-    start = time.time(); workers = [threading.Thread(target=files, args=(f"t{threads}_{t}", 2000 // threads)) for t in range(threads)]
-    [w.start() for w in workers]; [w.join() for w in workers]
-    print(f"disk: {2000 // threads * threads / (time.time() - start):.0f} durable 20 KB files/s with {threads} writer(s)")
-PY
-rm -rf "$work/disk"
+echo "== the disk's own ceiling for the same durability (same run, no HTTP): create 20 KB, fdatasync, rename, fsync folder"
+disk=$(cargo bench --locked --bench disk_ceiling -- "$work/disk-$tag" 2>/dev/null | grep '^disk:')
+echo "$disk"
+best=$(awk '{print $2}' <<<"$disk" | sort -n | tail -1)
+awk -v u="$rps" -v d="$best" 'BEGIN { printf "uploads/s over the disk ceiling: %.2f\n", u / d }'
+rm -rf "$work/disk-$tag"
 
 echo "== one 1 GiB upload (raw body), RSS before and after, fresh server"
 start_server
@@ -96,6 +92,6 @@ curl -fs -X POST "http://127.0.0.1:$port/api/sync/analysis/$run?filename=big.jso
   -H 'Content-Type: application/gzip' -T "$big" >/dev/null
 end=$(date +%s.%N)
 after=$(kib VmHWM)
-cmp -s "$big" "$work/replicas/bench/$run/analysisResults/big.json.gz" && same=identical || same=DIFFERENT
+cmp -s "$big" "$replicas/bench/$run/analysisResults/big.json.gz" && same=identical || same=DIFFERENT
 awk -v b="$before" -v a="$after" -v s="$start" -v e="$end" -v same="$same" 'BEGIN {
   printf "1 GiB upload: %.1f s, stored file %s, peak RSS %.1f -> %.1f MiB (+%.1f MiB)\n", e - s, same, b / 1024, a / 1024, (a - b) / 1024 }'
