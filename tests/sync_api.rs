@@ -435,6 +435,15 @@ fn digests_are_checked_and_a_mismatch_stores_nothing() {
     assert!(answer["error"].as_str().unwrap().contains("SHA-256"));
     assert!(!host.run_dir("acme", RUN).join("analysisResults/b.json").exists());
     assert_eq!(std::fs::read_dir(host.run_dir("acme", RUN).join("analysisResults")).unwrap().count(), 1);
+
+    // Each upload and each refusal is one structured log line, written before the answer.
+    let log = host.service.log();
+    let uploads: Vec<&str> = log.lines().filter_map(|l| l.strip_prefix("evosync-serve event=upload ")).collect();
+    assert_eq!(uploads.len(), 2, "{log}");
+    let event: serde_json::Value = serde_json::from_str(uploads[1]).unwrap();
+    assert_eq!((event["party"].as_str(), event["name"].as_str()), (Some("acme"), Some("a.json")), "{event}");
+    assert_eq!(event["sha256"].as_str(), Some(sha256_hex(content).as_str()));
+    assert_eq!(log.lines().filter(|l| l.starts_with("evosync-serve event=refuse reason=digest status=400")).count(), 1);
 }
 
 #[test]
