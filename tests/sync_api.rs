@@ -596,3 +596,39 @@ fn healthz_metrics_openapi_and_events() {
     let (status, _, _) = http(host.port(), "GET", "/admin/events", &[], b"");
     assert_eq!(status, 401, "events need the admin token");
 }
+
+#[test]
+fn small_files_held_in_memory_and_large_ones_streamed_land_whole_side_by_side() {
+    let host = Host::start("sync-sizes", "");
+    assert_eq!(host.register(&host.acme_key, RUN).0, 201);
+    // One form with three file parts: empty, small (held until its last byte), and 3 MB (streamed to its temp file).
+    let files =
+        [("empty.json", noise(20, 0)), ("small.json.gz", noise(21, 30_000)), ("large.json.gz", noise(22, 3_000_000))];
+    let boundary = "----SyncBoundarySizes";
+    let mut body =
+        format!("--{boundary}\r\nContent-Disposition: form-data; name=\"subdir\"\r\n\r\nanalysisResults/sizes\r\n")
+            .into_bytes();
+    for (name, content) in &files {
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/gzip\r\n\r\n")
+                .as_bytes(),
+        );
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let (status, answer) = json(http(
+        host.port(),
+        "POST",
+        &format!("/api/sync/analysis/{RUN}"),
+        &[("X-Sync-API-Key", &host.acme_key), ("Content-Type", &format!("multipart/form-data; boundary={boundary}"))],
+        &body,
+    ));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["stored"], serde_json::json!(["empty.json", "small.json.gz", "large.json.gz"]));
+    let folder = host.run_dir("acme", RUN).join("analysisResults/sizes");
+    for (name, content) in &files {
+        assert_eq!(sha256_hex(&std::fs::read(folder.join(name)).unwrap()), sha256_hex(content), "{name}");
+    }
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), files.len(), "no temp file left");
+}
