@@ -14,13 +14,21 @@ use std::time::Instant;
 
 const FILE_BYTES: usize = 20 * 1024;
 
-/// Files per second with `writers` threads; `shared` syncs the folder through the service's DirSyncer.
-fn durable_files_per_second(folder: &Path, writers: usize, files: usize, shared: bool) -> f64 {
+/// CPU time (user + system) of this process so far, in microseconds.
+fn cpu_micros() -> f64 {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).expect("getrusage");
+    let micros = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 * 1e6 + t.tv_usec() as f64;
+    micros(usage.user_time()) + micros(usage.system_time())
+}
+
+/// Files per second with `writers` threads, and CPU microseconds per file; `shared` syncs the folder through the
+/// service's DirSyncer.
+fn durable_files_per_second(folder: &Path, writers: usize, files: usize, shared: bool) -> (f64, f64) {
     std::fs::create_dir_all(folder).expect("bench folder");
     let dir: Arc<OwnedFd> = Arc::new(File::open(folder).expect("open folder").into());
     let syncer = Arc::new(DirSyncer::default());
     let data = Arc::new(vec![7u8; FILE_BYTES]);
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), cpu_micros());
     let threads: Vec<_> = (0..writers)
         .map(|writer| {
             let (folder, dir, syncer, data) = (folder.to_path_buf(), dir.clone(), syncer.clone(), data.clone());
@@ -42,7 +50,8 @@ fn durable_files_per_second(folder: &Path, writers: usize, files: usize, shared:
         })
         .collect();
     threads.into_iter().for_each(|t| t.join().expect("writer"));
-    (files / writers * writers) as f64 / start.elapsed().as_secs_f64()
+    let done = (files / writers * writers) as f64;
+    (done / start.elapsed().as_secs_f64(), (cpu_micros() - cpu_start) / done)
 }
 
 fn main() {
@@ -53,8 +62,8 @@ fn main() {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("evosync-disk-ceiling-{}", std::process::id())));
     for (writers, files, shared) in [(1, 1000, false), (64, 6400, false), (64, 6400, true)] {
         let sub = folder.join(format!("w{writers}-{}", if shared { "shared" } else { "own" }));
-        let rate = durable_files_per_second(&sub, writers, files, shared);
+        let (rate, cpu) = durable_files_per_second(&sub, writers, files, shared);
         let how = if shared { "folder fsync shared" } else { "a folder fsync each" };
-        println!("disk: {rate:.0} durable 20 KB files/s with {writers} writer(s), {how}");
+        println!("disk: {rate:.0} durable 20 KB files/s with {writers} writer(s), {how}; CPU {cpu:.0} us per file");
     }
 }
