@@ -781,6 +781,15 @@ impl<'a> HeldChunks<'a> {
     }
 }
 
+impl HeldChunks<'_> {
+    /// The chunks, for a file that streams from here on; their bytes go back to the budget.
+    fn hand_over(&mut self) -> Vec<Bytes> {
+        self.budget.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+        self.bytes = 0;
+        std::mem::take(&mut self.chunks)
+    }
+}
+
 impl Drop for HeldChunks<'_> {
     fn drop(&mut self) {
         self.budget.fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
@@ -829,7 +838,7 @@ async fn receive_file<E: std::fmt::Display>(
             Some(pending) => pending,
             None => {
                 let mut pending = open_pending(target, segments.clone(), name).await?;
-                pending.write_chunks(&std::mem::take(&mut held.chunks)).map_err(write_failed)?;
+                pending.write_chunks(&held.hand_over()).map_err(write_failed)?;
                 streaming.insert(pending)
             }
         };
@@ -1116,6 +1125,8 @@ mod tests {
         let mut held = HeldChunks::new(&budget);
         assert!(held.keep(Bytes::from(vec![0u8; 20])).is_err(), "the budget is spent: the file streams instead");
         assert!(held.keep(Bytes::from(vec![0u8; 10])).is_ok());
+        assert_eq!(held.hand_over().len(), 1);
+        assert_eq!(budget.load(Ordering::Acquire), SMALL_FILES_BUDGET - 10, "handed over, the bytes are free");
         drop(held);
         assert_eq!(budget.load(Ordering::Acquire), SMALL_FILES_BUDGET - 10);
     }
