@@ -284,16 +284,12 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
             }
             SshKeyCommand::List { party } => {
                 let keys = admin.ssh_keys(party.as_deref())?;
-                let now = evosync::store::now();
                 show(json, &keys, || {
-                    keys.iter()
-                        .map(|k| {
-                            let state =
-                                evosync::store::key_state(k.revoked_at, k.expires_at, true, now).unwrap_or("active");
-                            format!("{}  {:<16} {}  {}  {}", k.id, k.party, k.fingerprint, state, k.comment)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                    key_lines(
+                        &keys,
+                        |k| (k.revoked_at, k.expires_at),
+                        |k, state| format!("{}  {:<16} {}  {}  {}", k.id, k.party, k.fingerprint, state, k.comment),
+                    )
                 })
             }
             SshKeyCommand::Revoke { key } => {
@@ -313,16 +309,12 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
             }
             ApiKeyCommand::List { party } => {
                 let keys = admin.api_keys(party.as_deref())?;
-                let now = evosync::store::now();
                 show(json, &keys, || {
-                    keys.iter()
-                        .map(|k| {
-                            let state =
-                                evosync::store::key_state(k.revoked_at, k.expires_at, true, now).unwrap_or("active");
-                            format!("{}  {:<16} {}  {}", k.id, k.party, state, k.name)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
+                    key_lines(
+                        &keys,
+                        |k| (k.revoked_at, k.expires_at),
+                        |k, state| format!("{}  {:<16} {}  {}", k.id, k.party, state, k.name),
+                    )
                 })
             }
             ApiKeyCommand::Revoke { id } => {
@@ -542,4 +534,20 @@ fn policy_check(config_path: &Path, mut files: Vec<PathBuf>, json: bool) -> Outc
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// One line per key, each with the key's state now: active, revoked or expired.
+fn key_lines<K>(
+    keys: &[K],
+    revoked_and_expires: impl Fn(&K) -> (Option<i64>, Option<i64>),
+    line: impl Fn(&K, &str) -> String,
+) -> String {
+    let now = evosync::store::now();
+    keys.iter()
+        .map(|key| {
+            let (revoked_at, expires_at) = revoked_and_expires(key);
+            line(key, evosync::store::key_state(revoked_at, expires_at, true, now).unwrap_or("active"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
