@@ -4,7 +4,7 @@
 //!
 //! Usage: cargo bench --bench disk_ceiling -- FOLDER
 
-use evosync::ingest::DirSyncer;
+use evosync::fs::landing::DirSyncer;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::OwnedFd;

@@ -26,7 +26,7 @@ fn main() {
         std::hint::black_box(plan);
     });
     let parse_time = median_of(100_000, || {
-        std::hint::black_box(evosync::command::parse(&allowed).expect("parses"));
+        std::hint::black_box(evosync::gate::command::parse(&allowed).expect("parses"));
     });
 
     let gate_bin = Path::new(env!("CARGO_BIN_EXE_evosync-gate"));
@@ -57,7 +57,7 @@ fn main() {
             comment: String::new(),
             from: vec![],
             expires_at: None,
-            created_at: evosync::store::now(),
+            created_at: evosync::time::now(),
             revoked_at: None,
             last_used_at: None,
         })

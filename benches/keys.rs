@@ -13,7 +13,7 @@ mod measure;
 
 use evosync::admin::Admin;
 use evosync::config::Config;
-use evosync::store::{self, SshKey, Store};
+use evosync::store::{SshKey, Store};
 use measure::ratio;
 use ssh_key::public::{Ed25519PublicKey, KeyData};
 use ssh_key::{HashAlg, PublicKey};
@@ -154,7 +154,7 @@ fn ssh_key(id: &str, blob: &str, fingerprint: &str) -> SshKey {
         comment: String::new(),
         from: vec![],
         expires_at: None,
-        created_at: store::now(),
+        created_at: evosync::time::now(),
         revoked_at: None,
         last_used_at: None,
     }

@@ -1,26 +1,33 @@
 //! evosync: the central side of kromosynth run sync.
 //!
-//! The gate's path (`command`, `policy`, `decide`, `confine`, `sandbox`, `handover`, `audit`, `reply`) is plain
-//! blocking code with no async runtime, so `evosync-gate` starts in about a millisecond.
+//! The crate is organised in wings, and each shared rule has one home:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | `gate` | the push path, blocking, no async runtime: `evosync-gate` starts in about a millisecond |
+//! | `serve` | `evosync serve`: the workers' sync API, the admin API, metrics, events (axum, tokio) |
+//! | `admin` | operations shared by the command line and the admin API; `init`; the managed authorized_keys file |
+//! | `cli` | `evosync`'s command line: clap, dispatch, text or JSON output |
+//! | `store` | the SQLite state store, one file per table group, and the hash-chained audit trail |
+//! | `fs` | every system call and every `unsafe` (`fs::sys`), confinement, landing a file durably |
+//! | `access` | the rules both doors apply: key state, run ownership, quota headroom |
+//! | `config`, `policy`, `names`, `size`, `time`, `keys`, `secrets`, `log` | what every wing reads |
+//!
+//! `unsafe` is denied everywhere but in `fs::sys`, where each block carries a SAFETY note.
+#![deny(unsafe_code)]
 
+pub mod access;
 pub mod admin;
-pub mod audit;
-pub mod authorized_keys;
-pub mod command;
+pub mod cli;
 pub mod config;
-pub mod confine;
-pub mod decide;
+pub mod fs;
 pub mod gate;
-pub mod handover;
-pub mod http;
-pub mod ingest;
 pub mod keys;
+pub mod log;
 pub mod names;
 pub mod policy;
-pub mod reply;
-pub mod sandbox;
-pub mod secrets;
+pub(crate) mod secrets;
+pub(crate) mod serve;
 pub mod size;
 pub mod store;
-pub mod sync_api;
-pub mod sys;
+pub mod time;

@@ -1,14 +1,9 @@
 //! API keys and admin tokens: generated with a public id and a 256-bit secret, shown once, stored as an argon2id hash.
-//! A verifier pays argon2 once per key and then compares a SHA-256 of the presented secret against its cache; the
-//! key's state (revoked, expired, party disabled) is read from the store on every request, so a revoke takes effect
-//! on the next request.
+//! The service verifies them (`serve::auth`), paying argon2 once per key.
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// `evs_<16 hex id>_<64 hex secret>`: the id is public and names the key; the secret is 256 random bits.
 pub const API_KEY_PREFIX: &str = "evs_";
@@ -24,10 +19,10 @@ pub struct Secret {
 
 /// A new token with `prefix`, and the argon2id hash of its secret.
 pub fn generate(prefix: &str) -> Secret {
-    let id = crate::store::new_id();
+    let id = crate::time::new_id();
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = crate::time::hex(&bytes);
     let hash = hash_secret(&secret);
     Secret { token: format!("{prefix}{id}_{secret}"), id, hash }
 }
@@ -48,35 +43,6 @@ pub fn parse<'a>(prefix: &str, token: &'a str) -> Option<(&'a str, &'a str)> {
     (hex(id, 16) && hex(secret, 64)).then_some((id, secret))
 }
 
-/// Remembers which (id, secret) pairs argon2 has accepted.
-#[derive(Default)]
-pub struct VerifiedCache {
-    verified: Mutex<HashMap<String, [u8; 32]>>,
-}
-
-impl VerifiedCache {
-    /// Checks `secret` against `phc`, paying argon2 only the first time this id is seen with this secret.
-    pub fn check(&self, id: &str, secret: &str, phc: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-        if self.verified.lock().map(|cache| cache.get(id) == Some(&digest)).unwrap_or(false) {
-            return true;
-        }
-        let ok = verify_secret(secret, phc);
-        if ok {
-            if let Ok(mut cache) = self.verified.lock() {
-                cache.insert(id.to_owned(), digest);
-            }
-        }
-        ok
-    }
-
-    pub fn forget(&self, id: &str) {
-        if let Ok(mut cache) = self.verified.lock() {
-            cache.remove(id);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,9 +57,5 @@ mod tests {
         assert!(!verify_secret(&"0".repeat(64), &secret.hash));
         assert!(parse(ADMIN_TOKEN_PREFIX, &secret.token).is_none());
         assert!(parse(API_KEY_PREFIX, "evs_abc_def").is_none());
-        let cache = VerifiedCache::default();
-        assert!(cache.check(id, plain, &secret.hash));
-        assert!(cache.check(id, plain, &secret.hash));
-        assert!(!cache.check(id, &"1".repeat(64), &secret.hash));
     }
 }

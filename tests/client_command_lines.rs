@@ -1,5 +1,5 @@
 //! Compliance: the exact `SSH_ORIGINAL_COMMAND` strings the stock sqlite3_rsync client and the worker sync manager
-//! send, learned through a logging forced command on a real sshd. The gate's grammar (src/command.rs) accepts
+//! send, learned through a logging forced command on a real sshd. The gate's grammar (src/gate/command.rs) accepts
 //! exactly these; if a new client sends something else, this test says what.
 
 mod common;
@@ -117,6 +117,6 @@ fn the_stock_client_and_the_worker_send_these_command_lines() {
 
     // Every line captured here is one the gate's grammar accepts.
     for command in seen.borrow().iter() {
-        assert!(evosync::command::parse(command).is_ok(), "the grammar refuses {command:?}");
+        assert!(evosync::gate::command::parse(command).is_ok(), "the grammar refuses {command:?}");
     }
 }

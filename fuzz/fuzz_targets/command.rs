@@ -2,8 +2,8 @@
 //! permissive policy. Nothing may panic, and whatever is allowed must name a plain run folder and an allowed database.
 #![no_main]
 
-use evosync::command::{parse, Request};
-use evosync::decide::{decide, Action};
+use evosync::gate::command::{parse, Request};
+use evosync::gate::decide::{decide, Action};
 use evosync::names::is_plain_segment;
 use evosync::policy::Policy;
 use libfuzzer_sys::fuzz_target;
@@ -23,8 +23,8 @@ fuzz_target!(|data: &[u8]| {
     // Anything accepted is one line of plain ASCII without a shell's special characters beyond the client's
     // fixed retry prefix and trailing redirect.
     assert!(command.is_ascii() && !command.bytes().any(|b| b.is_ascii_control()));
-    let body = command.strip_prefix(evosync::command::RETRY_PATH_PREFIX).unwrap_or(command);
-    let body = body.strip_suffix(evosync::command::STDERR_REDIRECT).unwrap_or(body);
+    let body = command.strip_prefix(evosync::gate::command::RETRY_PATH_PREFIX).unwrap_or(command);
+    let body = body.strip_suffix(evosync::gate::command::STDERR_REDIRECT).unwrap_or(body);
     assert!(!body.contains([';', '&', '|', '$', '`', '<', '>', '(', ')', '\\', '*', '?', '#', '~']));
     if let Request::Sync(sync) = &request {
         assert!(!sync.peer_name.starts_with('-'));

@@ -1,7 +1,7 @@
 //! How a refusal reaches the worker: as an sqlite3_rsync protocol error message when the stock client is listening,
 //! so it prints `ERROR: evosync-gate: <reason>`, and always as a line on stderr.
 
-use crate::command::Direction;
+use super::command::Direction;
 use std::io::Write;
 
 /// `REPLICA_ERROR` in sqlite3_rsync.c: sent by the replica side (this host, for a push).

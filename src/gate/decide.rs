@@ -3,7 +3,7 @@
 //! The party sees its own tree as `/`. `RUN/DB`, `/RUN/DB` and `PREFIX/RUN/DB` (for each policy prefix) all name the
 //! replica `replica_root/PARTY/RUN/DB`; nothing else names anything.
 
-use crate::command::{Direction, Request, SyncRequest};
+use super::command::{Direction, Request, SyncRequest};
 use crate::policy::Policy;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +11,17 @@ pub enum Action {
     Push { wal_only: bool, commcheck: bool },
     Pull { wal_only: bool, commcheck: bool },
     MakeRunDir,
+}
+
+impl Action {
+    /// As the audit line's `action=` and `explain` name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Push { .. } => "push",
+            Action::Pull { .. } => "pull",
+            Action::MakeRunDir => "mkdir",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +120,7 @@ fn path_shape(path: &str, want: &'static str, example: &'static str, policy: &Po
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::parse;
+    use crate::gate::command::parse;
 
     const RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DR_CMA-MAE_run";
 

@@ -1,93 +1,22 @@
-//! Analysis-file ingest: where an uploaded file may go, and how it gets there without ever leaving a partial file.
+//! Landing a file durably, the one way evosync writes a file that must survive a crash whole or not at all:
+//! a temp file in the target folder, the bytes (hashed with SHA-256 as they pass), fdatasync, rename over the old
+//! version (or beside nothing), fsync of the folder. A temp file dropped unfinished (a client gone, a limit exceeded,
+//! a digest that does not match) is removed, and the previous version stays as it was.
 //!
-//! A file lands at `replica_root/PARTY/RUN/SUBDIR/NAME`. Every folder below the party root is opened with openat2
-//! (no symlinks, no leaving the tree); the body streams into a temp file in the target folder while its SHA-256 is
-//! computed; then fsync, rename over the old version, fsync of the folder. A temp file that is dropped unfinished
-//! (a client gone, a limit exceeded) is removed, and the previous version stays as it was.
+//! Uploaded analysis files, the managed authorized_keys file, policies and the configuration all land here.
 
-use crate::names::is_plain_segment;
-use crate::sys;
+use crate::fs::sys;
 use nix::errno::Errno;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{IoSlice, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::Arc;
 
-pub const DEFAULT_SUBDIR: &str = "analysisResults";
-/// Top folders a worker may upload into.
-pub const UPLOAD_ROOTS: [&str; 2] = ["analysisResults", "generationFeatures"];
-const MAX_SUBDIR_DEPTH: usize = 8;
-const MAX_SUBDIR_BYTES: usize = 1024;
-/// Temp files start with this, so listings can skip them.
+/// Temp files start with this, so listings skip them.
 pub const TEMP_PREFIX: &str = ".upload-";
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("subdir '{0}' is not accepted: use analysisResults, generationFeatures, or a folder under them")]
-    Subdir(String),
-    #[error("file name '{0}' is not a plain file name ([A-Za-z0-9._-], no folders)")]
-    Name(String),
-    #[error("file name '{name}' does not end in an accepted extension ({accepted})")]
-    Extension { name: String, accepted: String },
-    #[error("file name '{0}' names a database; databases are pushed with sqlite3_rsync, not uploaded")]
-    Database(String),
-}
-
-/// Checks `subdir` segment by segment; returns its segments.
-pub fn check_subdir(subdir: &str) -> Result<Vec<&str>, NameError> {
-    let fail = || NameError::Subdir(subdir.to_owned());
-    if subdir.len() > MAX_SUBDIR_BYTES {
-        return Err(fail());
-    }
-    let segments: Vec<&str> = subdir.split('/').collect();
-    if segments.len() > MAX_SUBDIR_DEPTH || !UPLOAD_ROOTS.contains(&segments[0]) {
-        return Err(fail());
-    }
-    if segments.iter().all(|s| is_plain_segment(s)) {
-        Ok(segments)
-    } else {
-        Err(fail())
-    }
-}
-
-/// Checks an uploaded file's name against the policy's extensions; database files are refused whatever they say.
-pub fn check_file_name(name: &str, extensions: &[String]) -> Result<(), NameError> {
-    if !is_plain_segment(name) {
-        return Err(NameError::Name(name.to_owned()));
-    }
-    let lower = name.to_ascii_lowercase();
-    if lower.contains(".sqlite") || lower.contains(".db") {
-        return Err(NameError::Database(name.to_owned()));
-    }
-    if extensions.iter().any(|ext| name.len() > ext.len() && name.ends_with(ext.as_str())) {
-        Ok(())
-    } else {
-        Err(NameError::Extension { name: name.to_owned(), accepted: extensions.join(", ") })
-    }
-}
-
-/// Opens (creating when `create`) the folder `segments` beneath `run_folder`; `Ok(None)` when it does not exist.
-pub fn open_subdir(run_folder: &OwnedFd, segments: &[&str], create: bool) -> Result<Option<OwnedFd>, Errno> {
-    let mut current: Option<OwnedFd> = None;
-    for segment in segments {
-        let parent = current.as_ref().unwrap_or(run_folder);
-        // Open first: the folder nearly always exists, and a mkdir would lock the parent on every upload.
-        let opened = match sys::open_dir_beneath(parent, segment) {
-            Err(Errno::ENOENT) if create => {
-                sys::make_dir_in(parent, segment)?;
-                sys::open_dir_beneath(parent, segment)
-            }
-            other => other,
-        };
-        match opened {
-            Ok(fd) => current = Some(fd),
-            Err(Errno::ENOENT) if !create => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(current)
-}
 
 /// A file being received. Dropped before `finish`, it removes its temp file.
 pub struct PendingFile {
@@ -98,6 +27,9 @@ pub struct PendingFile {
     hasher: Sha256,
     pub bytes: u64,
 }
+
+/// Mode of an uploaded file.
+pub const UPLOAD_MODE: u32 = 0o640;
 
 /// A file that is in place.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -127,10 +59,24 @@ impl From<Errno> for FinishError {
 }
 
 impl PendingFile {
+    /// Starts `name` in `dir` as an uploaded file (mode `UPLOAD_MODE`).
     pub fn begin(dir: Arc<OwnedFd>, name: &str) -> std::io::Result<PendingFile> {
+        PendingFile::begin_with_mode(dir, name, UPLOAD_MODE)
+    }
+
+    pub fn begin_with_mode(dir: Arc<OwnedFd>, name: &str, mode: u32) -> std::io::Result<PendingFile> {
         let temp_name = format!("{TEMP_PREFIX}{}.tmp", uuid::Uuid::new_v4().simple());
-        let file = sys::create_file_in(dir.as_ref(), &temp_name)?;
+        let file = sys::create_file_in(dir.as_ref(), &temp_name, mode)?;
         Ok(PendingFile { dir, temp_name, name: name.to_owned(), file: Some(file), hasher: Sha256::new(), bytes: 0 })
+    }
+
+    /// Gives the file to `owner` (uid, gid) unless it is ours already: an unprivileged service needs no fchown then.
+    pub fn give_to(&self, owner: (u32, u32)) -> std::io::Result<()> {
+        let file = self.file.as_ref().ok_or_else(|| std::io::Error::other("the file was already finished"))?;
+        if owner != sys::effective_ids() {
+            sys::give_to(file, owner)?;
+        }
+        Ok(())
     }
 
     pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
@@ -167,14 +113,31 @@ impl PendingFile {
 
     /// As `finish`, with the folder's fsync shared with concurrent uploads into the same folder.
     pub fn finish_with(
+        self,
+        expected_sha256: Option<&[u8; 32]>,
+        syncer: &DirSyncer,
+    ) -> Result<StoredFile, FinishError> {
+        self.land(expected_sha256, syncer, true)
+    }
+
+    /// Makes the file durable and puts it in place only where no file of its name exists (`AlreadyExists` otherwise).
+    pub fn finish_new(self) -> Result<StoredFile, FinishError> {
+        self.land(None, &DirSyncer::default(), false)
+    }
+
+    fn land(
         mut self,
         expected_sha256: Option<&[u8; 32]>,
         syncer: &DirSyncer,
+        replace: bool,
     ) -> Result<StoredFile, FinishError> {
         let digest: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
         if let Some(expected) = expected_sha256 {
             if expected != &digest {
-                return Err(FinishError::DigestMismatch { expected: hex(expected), actual: hex(&digest) });
+                return Err(FinishError::DigestMismatch {
+                    expected: crate::time::hex(expected),
+                    actual: crate::time::hex(&digest),
+                });
             }
         }
         let file = self.file.take().ok_or_else(|| std::io::Error::other("the file was already finished"))?;
@@ -186,6 +149,8 @@ impl PendingFile {
         // Most uploads are new files: one rename that refuses to replace, and a stat only when it did refuse.
         let replaced_bytes = if sys::rename_new_in(dir, &self.temp_name, &self.name)? {
             0
+        } else if !replace {
+            return Err(FinishError::Io(std::io::ErrorKind::AlreadyExists.into()));
         } else {
             let old = sys::stat_in(dir, &self.name).ok().flatten().filter(sys::is_regular_file);
             sys::rename_in(dir, &self.temp_name, &self.name)?;
@@ -193,7 +158,13 @@ impl PendingFile {
         };
         self.temp_name.clear(); // nothing left to clean up
         syncer.sync(dir)?;
-        Ok(StoredFile { name: self.name.clone(), bytes: self.bytes, sha256: hex(&digest), replaced_bytes, modified_ns })
+        Ok(StoredFile {
+            name: self.name.clone(),
+            bytes: self.bytes,
+            sha256: crate::time::hex(&digest),
+            replaced_bytes,
+            modified_ns,
+        })
     }
 }
 
@@ -201,6 +172,43 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.temp_name.is_empty() {
             let _ = sys::unlink_in(self.dir.as_ref(), &self.temp_name);
+        }
+    }
+}
+
+/// Lands `bytes` as `path`, replacing what is there and keeping its owner (new files: ours), with `mode`.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let (dir, name) = parent_and_name(path)?;
+    let owner = std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
+    let mut pending = PendingFile::begin_with_mode(dir, &name, mode)?;
+    if let Some(owner) = owner {
+        pending.give_to(owner)?;
+    }
+    pending.write(bytes)?;
+    pending.finish(None).map(drop).map_err(FinishError::into_io)
+}
+
+/// Lands `bytes` as `path` only where nothing of that name exists yet: never clobbers an administrator's file.
+pub fn create_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let (dir, name) = parent_and_name(path)?;
+    let mut pending = PendingFile::begin_with_mode(dir, &name, mode)?;
+    pending.write(bytes)?;
+    pending.finish_new().map(drop).map_err(FinishError::into_io)
+}
+
+fn parent_and_name(path: &Path) -> std::io::Result<(Arc<OwnedFd>, String)> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} names no file", path.display()))
+    })?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    Ok((Arc::new(sys::open_dir(folder)?), name.to_owned()))
+}
+
+impl FinishError {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            FinishError::Io(error) => error,
+            other => std::io::Error::other(other.to_string()),
         }
     }
 }
@@ -268,124 +276,9 @@ impl DirSyncer {
     }
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The SHA-256 a request announces: `Repr-Digest: sha-256=:BASE64:` (RFC 9530) or `X-Content-SHA256: HEX`.
-pub fn announced_sha256(repr_digest: Option<&str>, x_content_sha256: Option<&str>) -> Result<Option<[u8; 32]>, String> {
-    if let Some(value) = repr_digest {
-        for member in value.split(',') {
-            let member = member.trim();
-            if let Some(encoded) = member.strip_prefix("sha-256=:").and_then(|m| m.strip_suffix(':')) {
-                let bytes = base64_decode(encoded).ok_or("Repr-Digest: sha-256 is not valid base64")?;
-                return bytes.try_into().map(Some).map_err(|_| "Repr-Digest: sha-256 is not 32 bytes".to_owned());
-            }
-        }
-    }
-    if let Some(value) = x_content_sha256 {
-        let value = value.trim();
-        if value.len() != 64 {
-            return Err("X-Content-SHA256 must be 64 hex digits".into());
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&value[2 * i..2 * i + 2], 16).map_err(|_| "X-Content-SHA256 is not hex")?;
-        }
-        return Ok(Some(out));
-    }
-    Ok(None)
-}
-
-/// Standard base64 with padding, as RFC 9530 byte sequences use.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = text.trim_end_matches('=').as_bytes();
-    if text.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let take = chunk.len() - 1;
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + take]);
-    }
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subdirs_are_checked_segment_by_segment() {
-        for ok in ["analysisResults", "analysisResults/trees", "generationFeatures", "analysisResults/a/b"] {
-            assert!(check_subdir(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "/analysisResults",
-            "analysisResults/",
-            "analysisResults/../x",
-            "analysisResults/./x",
-            "..",
-            "other",
-            "analysisResults//x",
-            "analysisResults/a b",
-            "analysisResults/\0",
-            "analysisResults/a/b/c/d/e/f/g/h",
-            "analysisResults\\x",
-        ] {
-            assert!(check_subdir(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn file_names() {
-        let ext = vec![".json.gz".to_owned(), ".json".to_owned()];
-        assert!(check_file_name("coverage_01KF_step-1.json.gz", &ext).is_ok());
-        assert!(check_file_name("x.json", &ext).is_ok());
-        for bad in [
-            "../x.json",
-            "a/b.json",
-            ".json",
-            ".hidden.json",
-            "x.txt",
-            "lineage_state_1.sqlite",
-            "genomes.sqlite.json",
-            "x.db.json",
-            "",
-            "a\0.json",
-        ] {
-            assert!(check_file_name(bad, &ext).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn announced_digests() {
-        // sha-256 of "hello"
-        let hex_digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
-        let b64 = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";
-        let from_hex = announced_sha256(None, Some(hex_digest)).unwrap().unwrap();
-        let from_repr = announced_sha256(Some(&format!("sha-512=:AAAA:, sha-256=:{b64}:")), None).unwrap().unwrap();
-        assert_eq!(from_hex, from_repr);
-        assert_eq!(hex(&from_hex), hex_digest);
-        assert!(announced_sha256(Some("sha-256=:@@@@:"), None).is_err());
-        assert!(announced_sha256(None, Some("abc")).is_err());
-        assert_eq!(announced_sha256(None, None).unwrap(), None);
-    }
 
     #[test]
     fn concurrent_folder_syncs_all_return() {

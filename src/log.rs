@@ -1,10 +1,16 @@
-//! Audit: each gate decision and each outcome is one structured `key=value` line, to syslog (LOG_AUTH by default) and
-//! to `audit_log` when the configuration names one; to stderr where neither is available, so no record is lost.
+//! The one structured log line of evosync, for the gate and the service alike:
+//! `PROGRAM key=value key="quoted value" …`, optionally ending in one JSON object (an event's payload).
+//!
+//! The gate sends its lines to syslog and `audit_log` (`gate::audit`); the service writes them to stderr (the journal
+//! under systemd). Either way a line is built here and written whole, with one `write`.
 
-use crate::config::SyslogFacility;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::Path;
+
+/// The program name that starts the gate's lines.
+pub const GATE: &str = "evosync-gate";
+/// The program name that starts the service's lines.
+pub const SERVE: &str = "evosync-serve";
 
 /// One line: `evosync-gate party=acme event=decision verdict=refuse reason="..."`.
 #[derive(Debug, Clone, Default)]
@@ -16,10 +22,15 @@ pub struct Line {
 }
 
 impl Line {
-    /// An empty line; callers add `event=` with the rest of the fields.
+    /// A line of the gate's; callers add `event=` with the rest of the fields.
     pub fn new() -> Line {
+        Line::of(GATE)
+    }
+
+    /// A line of `program` (`GATE` or `SERVE`).
+    pub fn of(program: &str) -> Line {
         let mut line = Line { text: String::with_capacity(256), private: String::new(), warning: false };
-        line.text.push_str("evosync-gate");
+        line.text.push_str(program);
         line
     }
 
@@ -63,6 +74,21 @@ impl Line {
     pub fn public(&self) -> &str {
         &self.text
     }
+
+    /// Ends the line with an event's JSON object (one line of JSON: serde_json escapes every control character).
+    pub fn payload(mut self, json: &serde_json::Value) -> Line {
+        let _ = write!(self.text, " {json}");
+        self
+    }
+
+    /// Writes the public line to stderr with one `write` (stderr is unbuffered; `eprintln!` would write it in pieces,
+    /// and concurrent lines could interleave).
+    pub fn to_stderr(&self) {
+        let mut bytes = Vec::with_capacity(self.text.len() + 1);
+        bytes.extend_from_slice(self.text.as_bytes());
+        bytes.push(b'\n');
+        let _ = std::io::stderr().lock().write_all(&bytes);
+    }
 }
 
 fn push_field(out: &mut String, key: &str, value: &str) {
@@ -86,75 +112,6 @@ fn push_field(out: &mut String, key: &str, value: &str) {
     }
 }
 
-/// Where audit lines go.
-pub struct Sink {
-    facility: SyslogFacility,
-    file: Option<std::path::PathBuf>,
-}
-
-impl Sink {
-    pub fn new(facility: SyslogFacility, file: Option<&Path>) -> Sink {
-        Sink { facility, file: file.map(Path::to_owned) }
-    }
-
-    /// Writes the line to syslog and to `audit_log`; to stderr only when neither took it, so no record is lost.
-    pub fn write(&self, line: &Line) {
-        if !self.write_host_side(line) {
-            let _ = writeln!(std::io::stderr().lock(), "{}", line.public());
-        }
-    }
-
-    /// Writes the line to syslog and to `audit_log`; false when neither took it.
-    pub fn write_host_side(&self, line: &Line) -> bool {
-        let full = line.full();
-        let logged = self.to_syslog(&full, line.warning);
-        let filed = match &self.file {
-            // One write of a whole line with O_APPEND: concurrent gates never interleave within a line.
-            Some(path) => std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(path)
-                .and_then(|mut file| file.write_all(format!("{full}\n").as_bytes()))
-                .is_ok(),
-            None => false,
-        };
-        logged || filed
-    }
-
-    fn to_syslog(&self, full: &str, warning: bool) -> bool {
-        let formatter = syslog::Formatter3164 {
-            facility: facility(self.facility),
-            hostname: None,
-            process: "evosync-gate".into(),
-            pid: std::process::id(),
-        };
-        let Ok(mut logger) = syslog::unix(formatter) else {
-            return false;
-        };
-        let text = full.strip_prefix("evosync-gate ").unwrap_or(full);
-        if warning { logger.warning(text) } else { logger.info(text) }.is_ok()
-    }
-}
-
-fn facility(facility: SyslogFacility) -> syslog::Facility {
-    use syslog::Facility as F;
-    use SyslogFacility as S;
-    match facility {
-        S::Auth => F::LOG_AUTH,
-        S::Authpriv => F::LOG_AUTHPRIV,
-        S::Daemon => F::LOG_DAEMON,
-        S::User => F::LOG_USER,
-        S::Local0 => F::LOG_LOCAL0,
-        S::Local1 => F::LOG_LOCAL1,
-        S::Local2 => F::LOG_LOCAL2,
-        S::Local3 => F::LOG_LOCAL3,
-        S::Local4 => F::LOG_LOCAL4,
-        S::Local5 => F::LOG_LOCAL5,
-        S::Local6 => F::LOG_LOCAL6,
-        S::Local7 => F::LOG_LOCAL7,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +126,8 @@ mod tests {
             .field("empty", "")
             .private_field("detail", "/etc/x");
         assert!(line.full().ends_with(" empty=\"\" detail=/etc/x"));
+        let event = Line::of(SERVE).field("event", "upload").payload(&serde_json::json!({"name": "a\nb"}));
+        assert_eq!(event.public(), "evosync-serve event=upload {\"name\":\"a\\nb\"}");
         assert_eq!(
             line.public(),
             "evosync-gate event=decision party=acme reason=\"a \\\"quoted\\\" reason\" command=\"x\\x0ay\\\\z\" empty=\"\""

@@ -2,14 +2,10 @@
 //! of the sync passes through the gate), holds the locks for as long as it runs, passes SIGHUP/SIGTERM/SIGINT on,
 //! and stops it at the wall-clock limit.
 
-use crate::sandbox::Sandbox;
-use crate::sys;
-use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{alarm, Pid};
+use super::sandbox::Sandbox;
+use crate::fs::sys::{self, ChildState, Signal};
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -151,40 +147,33 @@ pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
         .env("LC_ALL", "C")
         .env("SQLITE_TMPDIR", launch.working_dir);
     let (fsize_limit, sandbox) = (launch.fsize_limit, launch.sandbox);
-    // SAFETY: the gate is single-threaded, so the forked child may allocate; prepare_child makes raw syscalls only.
-    unsafe {
-        command.pre_exec(move || {
-            sys::prepare_child(fsize_limit)?;
-            sandbox.enforce_in_child()
-        });
-    }
+    sys::run_before_exec(&mut command, move || {
+        sys::prepare_child(fsize_limit)?;
+        sandbox.enforce_in_child()
+    });
     let child =
         command.spawn().map_err(|source| HandoverError::Spawn { program: launch.program.to_owned(), source })?;
-    let pid = Pid::from_raw(child.id() as i32);
-    alarm::set(launch.max_seconds.clamp(1, u32::MAX as u64) as u32);
+    let pid = child.id();
+    sys::set_alarm(launch.max_seconds.clamp(1, u32::MAX as u64) as u32);
     let mut timed_out = false;
     let exit = loop {
         let signal = signals.wait().map_err(HandoverError::Wait)?;
         match signal {
-            Signal::SIGCHLD => match waitpid(pid, Some(WaitPidFlag::WNOHANG)).map_err(HandoverError::Wait)? {
-                WaitStatus::Exited(_, code) if !timed_out => break Exit::Code(code),
-                WaitStatus::Signaled(_, signal, _) if !timed_out => break Exit::Signal(signal as i32),
-                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => break Exit::TimedOut,
-                _ => continue,
+            Signal::SIGCHLD => match sys::child_state(pid).map_err(HandoverError::Wait)? {
+                ChildState::Exited(code) if !timed_out => break Exit::Code(code),
+                ChildState::Killed(signal) if !timed_out => break Exit::Signal(signal),
+                ChildState::Exited(_) | ChildState::Killed(_) => break Exit::TimedOut,
+                ChildState::Running => continue,
             },
             Signal::SIGALRM if !timed_out => {
                 timed_out = true;
-                let _ = kill(pid, Signal::SIGTERM);
-                alarm::set(KILL_GRACE_SECONDS);
+                sys::signal_child(pid, Signal::SIGTERM);
+                sys::set_alarm(KILL_GRACE_SECONDS);
             }
-            Signal::SIGALRM => {
-                let _ = kill(pid, Signal::SIGKILL);
-            }
-            forwarded => {
-                let _ = kill(pid, forwarded);
-            }
+            Signal::SIGALRM => sys::signal_child(pid, Signal::SIGKILL),
+            forwarded => sys::signal_child(pid, forwarded),
         }
     };
-    alarm::cancel();
+    sys::set_alarm(0);
     Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64() })
 }

@@ -1,9 +1,9 @@
-//! Confinement: proving that a replica path lies inside the party's own tree, and creating run folders.
+//! Confinement: proving that a replica path lies inside the party's own tree; run folders and the folders below them.
 //!
 //! Every step below the replica root goes through openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, so a symlink
 //! or `..` planted anywhere in a party's tree stops the request instead of redirecting it.
 
-use crate::sys;
+use crate::fs::sys;
 use nix::errno::Errno;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
@@ -85,16 +85,9 @@ impl PartyTree {
     /// Opens the run folder, creating it first when `create` allows and the party is under `max_runs`.
     pub fn run_folder(&self, run: &str, create: bool, max_runs: u64) -> Result<RunFolder, ConfineError> {
         let mut created = false;
-        match sys::stat_in(&self.fd, run).map_err(|errno| io(format!("a look at '{run}'"), errno))? {
-            Some(_) => {}
-            None if !create => return Err(ConfineError::RunMissing { run: run.to_owned() }),
-            None => {
-                let count = self.run_count()?;
-                if count >= max_runs {
-                    return Err(ConfineError::TooManyRuns { party: self.party.clone(), count, max: max_runs });
-                }
-                created = sys::make_dir_in(&self.fd, run).map_err(|errno| io(format!("creating '{run}'"), errno))?;
-            }
+        if sys::stat_in(&self.fd, run).map_err(|errno| io(format!("a look at '{run}'"), errno))?.is_none() {
+            self.may_create_run(run, create, max_runs)?;
+            created = sys::make_dir_in(&self.fd, run).map_err(|errno| io(format!("creating '{run}'"), errno))?;
         }
         let fd = sys::open_dir_beneath(&self.fd, run).map_err(|errno| match errno {
             Errno::ELOOP | Errno::ENOTDIR | Errno::EXDEV => ConfineError::NotAFolder { run: run.to_owned() },
@@ -103,6 +96,19 @@ impl PartyTree {
         let path = self.path.join(run);
         ensure_same_inode(&fd, &path, run)?;
         Ok(RunFolder { run: run.to_owned(), fd, path, created })
+    }
+
+    /// Whether a run folder that does not exist yet may be created: the policy allows it and the party is under
+    /// `max_runs`. Changes nothing.
+    pub fn may_create_run(&self, run: &str, create: bool, max_runs: u64) -> Result<(), ConfineError> {
+        if !create {
+            return Err(ConfineError::RunMissing { run: run.to_owned() });
+        }
+        let count = self.run_count()?;
+        if count >= max_runs {
+            return Err(ConfineError::TooManyRuns { party: self.party.clone(), count, max: max_runs });
+        }
+        Ok(())
     }
 
     /// Opens an existing run folder only (for `explain`, which must change nothing).
@@ -171,6 +177,28 @@ impl RunFolder {
     pub fn database_size(&self, database: &str) -> Option<u64> {
         sys::stat_in(&self.fd, database).ok().flatten().map(|stat| stat.st_size.max(0) as u64)
     }
+}
+
+/// Opens (creating when `create`) the folder `segments` beneath `run_folder`; `Ok(None)` when it does not exist.
+pub fn open_beneath(run_folder: &OwnedFd, segments: &[&str], create: bool) -> Result<Option<OwnedFd>, Errno> {
+    let mut current: Option<OwnedFd> = None;
+    for segment in segments {
+        let parent = current.as_ref().unwrap_or(run_folder);
+        // Open first: the folder nearly always exists, and a mkdir would lock the parent on every upload.
+        let opened = match sys::open_dir_beneath(parent, segment) {
+            Err(Errno::ENOENT) if create => {
+                sys::make_dir_in(parent, segment)?;
+                sys::open_dir_beneath(parent, segment)
+            }
+            other => other,
+        };
+        match opened {
+            Ok(fd) => current = Some(fd),
+            Err(Errno::ENOENT) if !create => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(current)
 }
 
 /// The absolute path handed to sqlite3_rsync must reach the very folder proven above.

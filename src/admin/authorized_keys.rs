@@ -2,9 +2,9 @@
 //! other line as it was. Each change rewrites the whole file atomically under a lock: a temp file in the same folder,
 //! fsync, rename, fsync of the folder, mode 0600, owner kept.
 
+use crate::fs::{landing, sys};
 use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const BEGIN: &str = "# BEGIN evosync (managed by `evosync`; edits inside this block are overwritten)";
@@ -66,8 +66,7 @@ impl FileLock {
     pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
         let lock_path = sibling(path, ".lock");
         let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(lock_path)?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e)?;
-        Ok(FileLock { _lock: lock })
+        Ok(FileLock { _lock: sys::lock_exclusive(file)? })
     }
 }
 
@@ -89,28 +88,9 @@ pub fn rewrite<E: From<std::io::Error>>(
     Ok(lines.len())
 }
 
-/// Writes `bytes` to a temp file next to `path`, fsyncs it, renames it over `path` and fsyncs the folder. The new
-/// file has mode 0600 and the old file's owner.
+/// Lands the new text durably (temp file, fsync, rename, fsync of the folder), mode 0600, the old file's owner kept.
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let owner = std::fs::metadata(path).ok().map(|m| (m.uid(), m.gid()));
-    let temp = sibling(path, &format!(".tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
-        file.write_all(bytes)?;
-        // Keep the old owner; skipped when it is already ours, so an unprivileged service needs no fchown.
-        let ours = (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
-        if let Some((uid, gid)) = owner.filter(|&owner| owner != ours) {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        File::open(folder)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
+    landing::replace_file(path, bytes, 0o600)
 }
 
 /// What differs between the file's managed block and what the store says it should hold.
@@ -150,6 +130,7 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn unmanaged_lines_survive_around_the_block() {

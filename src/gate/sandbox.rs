@@ -4,7 +4,7 @@
 //! The ruleset is built in the gate and applied in the forked child just before exec, so the gate itself keeps the
 //! access it needs to lock, audit and record the outcome.
 
-use crate::sys;
+use crate::fs::sys;
 use landlock::{
     Access, AccessFs, AccessNet, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreated,
     RulesetCreatedAttr, RulesetStatus, Scope, ABI,

@@ -1,12 +1,19 @@
-//! Administrative operations, shared by the command line and the admin HTTP API: each one checks its input, changes
-//! the store (and the files that follow from it), and leaves one record in the audit trail.
+//! Administrative operations, shared by the command line (`cli`) and the admin HTTP API (`serve::admin_api`): each
+//! one checks its input, changes the store (and the files that follow from it), and leaves one record in the audit
+//! trail. `init` sets a host up; `authorized_keys` owns the managed file.
 
-use crate::authorized_keys::{self, Drift};
+pub mod authorized_keys;
+pub mod init;
+
+use crate::access;
 use crate::config::Config;
+use crate::fs::landing;
 use crate::keys::{self, authorized_keys_line, KeyLine};
 use crate::names::is_party_name;
-use crate::secrets::{self, VerifiedCache, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
+use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
 use crate::store::{self, ApiKey, AuditEntry, LedgerRow, Party, SshKey, Store, StoreError};
+use crate::time::{new_id, now, parse_date};
+use authorized_keys::Drift;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -42,6 +49,15 @@ impl AdminError {
 }
 
 pub type Result<T> = std::result::Result<T, AdminError>;
+
+/// A key's `--expires`, which must lie ahead.
+fn expiry(expires: Option<&str>) -> Result<Option<i64>> {
+    let expires_at = expires.map(parse_date).transpose().map_err(AdminError::Invalid)?;
+    if expires_at.is_some_and(|at| at <= now()) {
+        return Err(AdminError::Invalid("--expires is in the past".into()));
+    }
+    Ok(expires_at)
+}
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AdminError {
     let what = what.into();
@@ -97,24 +113,43 @@ pub struct ReplicaView {
 pub struct Admin<'a> {
     pub config: &'a Config,
     pub config_path: PathBuf,
-    pub store: Store,
+    pub store: StoreHandle<'a>,
     /// Who acts: `cli:USER`, `http:admin`, …
     pub actor: String,
 }
 
+/// The store an `Admin` works on: its own (the command line), or a pooled connection it borrows (the service).
+pub enum StoreHandle<'a> {
+    Owned(Store),
+    Borrowed(&'a Store),
+}
+
+impl std::ops::Deref for StoreHandle<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        match self {
+            StoreHandle::Owned(store) => store,
+            StoreHandle::Borrowed(store) => store,
+        }
+    }
+}
+
 impl<'a> Admin<'a> {
+    /// An administrator with a store connection of its own.
     pub fn open(config: &'a Config, config_path: &Path, actor: String) -> Result<Admin<'a>> {
         let store = Store::open(&config.store_path())?;
-        Ok(Admin::from_parts(config, config_path.to_owned(), store, actor))
+        Ok(Admin::with_store(config, config_path.to_owned(), StoreHandle::Owned(store), actor))
     }
 
-    pub fn from_parts(config: &'a Config, config_path: PathBuf, store: Store, actor: String) -> Admin<'a> {
+    /// An administrator working on a connection it borrows.
+    pub fn borrowing(config: &'a Config, config_path: PathBuf, store: &'a Store, actor: String) -> Admin<'a> {
+        Admin::with_store(config, config_path, StoreHandle::Borrowed(store), actor)
+    }
+
+    fn with_store(config: &'a Config, config_path: PathBuf, store: StoreHandle<'a>, actor: String) -> Admin<'a> {
         let config_path = std::fs::canonicalize(&config_path).unwrap_or(config_path);
         Admin { config, config_path, store, actor }
-    }
-
-    pub fn into_store(self) -> Store {
-        self.store
     }
 
     fn audit(&self, action: &str, party: &str, subject: &str, detail: &str) -> Result<()> {
@@ -135,12 +170,12 @@ impl<'a> Admin<'a> {
         let policy = self.config.policy_path(name);
         if !policy.exists() {
             std::fs::create_dir_all(&self.config.policies_dir).map_err(io("creating policies_dir"))?;
-            write_new_file(&policy, policy_template(name).as_bytes(), 0o644)
+            landing::create_file(&policy, policy_template(name).as_bytes(), 0o644)
                 .map_err(io(format!("writing {}", policy.display())))?;
         }
         let root = self.config.replica_root.join(name);
         std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-        chown_to_account(&root, &self.config.tree_owner(name));
+        crate::fs::sys::chown_to_account(&root, &self.config.tree_owner(name));
         self.audit("party.add", name, name, "")?;
         Ok(party)
     }
@@ -181,13 +216,10 @@ impl<'a> Admin<'a> {
     ) -> Result<AddedSshKey> {
         self.store.require_party(party)?;
         let parsed = keys::parse_public_key(public_key)?;
-        let expires_at = expires.map(store::parse_date).transpose().map_err(AdminError::Invalid)?;
-        if expires_at.is_some_and(|at| at <= store::now()) {
-            return Err(AdminError::Invalid("--expires is in the past".into()));
-        }
+        let expires_at = expiry(expires)?;
         let from = from.map(keys::parse_cidrs).transpose()?.unwrap_or_default();
         let key = SshKey {
-            id: store::new_id(),
+            id: new_id(),
             party: party.to_owned(),
             algorithm: parsed.algorithm,
             blob: parsed.blob,
@@ -195,7 +227,7 @@ impl<'a> Admin<'a> {
             comment: comment.map(str::to_owned).unwrap_or(parsed.comment),
             from,
             expires_at,
-            created_at: store::now(),
+            created_at: now(),
             revoked_at: None,
             last_used_at: None,
         };
@@ -226,7 +258,7 @@ impl<'a> Admin<'a> {
 
     /// The managed block as the store says it should be: one line per active key.
     pub fn authorized_key_lines(&self) -> Result<Vec<String>> {
-        Ok(self.store.active_ssh_keys()?.iter().map(|key| self.line_for(key)).collect())
+        Ok(access::active_ssh_keys(&self.store, now())?.iter().map(|key| self.line_for(key)).collect())
     }
 
     /// Rewrites the managed authorized_keys file, when the configuration names one. Returns the lines written.
@@ -261,10 +293,7 @@ impl<'a> Admin<'a> {
 
     pub fn issue_api_key(&self, party: &str, name: Option<&str>, expires: Option<&str>) -> Result<IssuedApiKey> {
         self.store.require_party(party)?;
-        let expires_at = expires.map(store::parse_date).transpose().map_err(AdminError::Invalid)?;
-        if expires_at.is_some_and(|at| at <= store::now()) {
-            return Err(AdminError::Invalid("--expires is in the past".into()));
-        }
+        let expires_at = expiry(expires)?;
         let secret = secrets::generate(API_KEY_PREFIX);
         let key = ApiKey {
             id: secret.id.clone(),
@@ -272,7 +301,7 @@ impl<'a> Admin<'a> {
             name: name.unwrap_or_default().to_owned(),
             secret_hash: secret.hash,
             expires_at,
-            created_at: store::now(),
+            created_at: now(),
             revoked_at: None,
             last_used_at: None,
         };
@@ -332,34 +361,6 @@ impl<'a> Admin<'a> {
         self.store.add_admin_token(&secret.id, &secret.hash)?;
         self.audit("admin-token.issue", "", &secret.id, "")?;
         Ok(secret.token)
-    }
-}
-
-/// Checks an admin Bearer token.
-pub fn admin_token_ok(store: &Store, cache: &VerifiedCache, token: &str) -> bool {
-    let Some((id, secret)) = secrets::parse(ADMIN_TOKEN_PREFIX, token) else { return false };
-    match store.admin_token_hash(id) {
-        Ok(Some(hash)) => cache.check(id, secret, &hash),
-        _ => false,
-    }
-}
-
-/// Writes a file that must not exist yet (never clobbers an administrator's file).
-pub fn write_new_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// Gives a party tree to its account when running as root and the account exists; otherwise leaves it be.
-pub fn chown_to_account(path: &Path, account: &str) {
-    if !nix::unistd::geteuid().is_root() {
-        return;
-    }
-    if let Ok(Some(user)) = nix::unistd::User::from_name(account) {
-        let _ = nix::unistd::chown(path, Some(user.uid), Some(user.gid));
     }
 }
 

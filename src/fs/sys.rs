@@ -1,4 +1,5 @@
-//! Every system call the gate makes beyond std, wrapped in one place.
+//! Every system call evosync makes beyond std, wrapped in one place, and every `unsafe` block of the crate, each with
+//! its SAFETY note. The rest of the crate is `#![forbid(unsafe_code)]` below its module roots.
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -103,6 +104,11 @@ pub fn try_lock_exclusive(file: File) -> std::io::Result<Option<nix::fcntl::Floc
     }
 }
 
+/// Waits for an exclusive flock on `file`.
+pub fn lock_exclusive(file: File) -> std::io::Result<nix::fcntl::Flock<File>> {
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e.into())
+}
+
 /// The signals the gate handles itself while its child runs.
 pub fn gate_signals() -> nix::sys::signal::SigSet {
     use nix::sys::signal::Signal::*;
@@ -111,6 +117,41 @@ pub fn gate_signals() -> nix::sys::signal::SigSet {
         set.add(signal);
     }
     set
+}
+
+pub use nix::sys::signal::Signal;
+
+/// What became of a child, seen without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildState {
+    Running,
+    Exited(i32),
+    /// Ended by this signal.
+    Killed(i32),
+}
+
+/// Reaps the child `pid` if it has ended (waitpid with WNOHANG).
+pub fn child_state(pid: u32) -> Result<ChildState, Errno> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    Ok(match waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG))? {
+        WaitStatus::Exited(_, code) => ChildState::Exited(code),
+        WaitStatus::Signaled(_, signal, _) => ChildState::Killed(signal as i32),
+        _ => ChildState::Running,
+    })
+}
+
+/// Sends `signal` to the child `pid`; a child already gone needs none.
+pub fn signal_child(pid: u32, signal: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+}
+
+/// SIGALRM in `seconds` (0 cancels the alarm).
+pub fn set_alarm(seconds: u32) {
+    if seconds == 0 {
+        nix::unistd::alarm::cancel();
+    } else {
+        nix::unistd::alarm::set(seconds);
+    }
 }
 
 /// Blocks `set` in the calling (single-threaded) gate, so the signals queue up for `sigwait`.
@@ -133,16 +174,87 @@ pub fn prepare_child(fsize_limit: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Creates `name` in `dir` for writing, failing if it exists (O_CREAT | O_EXCL | O_NOFOLLOW), mode 0640.
-pub fn create_file_in(dir: &impl AsRawFd, name: &str) -> Result<File, Errno> {
+/// Creates `name` in `dir` for writing, failing if it exists (O_CREAT | O_EXCL | O_NOFOLLOW), with `mode`.
+pub fn create_file_in(dir: &impl AsRawFd, name: &str, mode: u32) -> Result<File, Errno> {
     let fd = nix::fcntl::openat(
         Some(dir.as_raw_fd()),
         name,
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o640),
+        Mode::from_bits_truncate(mode),
     )?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens the regular file `name` in `dir` for reading, without following a symlink.
+pub fn open_file_in(dir: &impl AsRawFd, name: &str) -> Result<File, Errno> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// (uid, gid) this process acts as.
+pub fn effective_ids() -> (u32, u32) {
+    (nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw())
+}
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Gives an open file to (uid, gid).
+pub fn give_to(file: &File, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+}
+
+/// Gives `path` to `account` (its uid and primary group) when running as root and the account exists.
+pub fn chown_to_account(path: &Path, account: &str) {
+    if !is_root() {
+        return;
+    }
+    if let Ok(Some(user)) = nix::unistd::User::from_name(account) {
+        let _ = nix::unistd::chown(path, Some(user.uid), Some(user.gid));
+    }
+}
+
+/// Gives `path` to the group `group` when running as root and the group exists.
+pub fn chgrp(path: &Path, group: &str) -> std::io::Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    if let Ok(Some(group)) = nix::unistd::Group::from_name(group) {
+        nix::unistd::chown(path, None, Some(group.gid))?;
+    }
+    Ok(())
+}
+
+/// The name of the account this process runs as (one NSS lookup).
+pub fn account_name() -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|user| user.name)
+}
+
+/// The numeric uid, for when the account has no name.
+pub fn uid() -> u32 {
+    nix::unistd::getuid().as_raw()
+}
+
+/// Arranges for `prepare` to run in the forked child between fork and exec.
+pub fn run_before_exec(
+    command: &mut std::process::Command,
+    prepare: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the gate is single-threaded when it spawns, so the forked child may allocate; the closures passed here
+    // (prepare_child, Sandbox::enforce_in_child) make raw system calls only and touch no lock another thread held.
+    unsafe {
+        command.pre_exec(prepare);
+    }
 }
 
 /// Renames `from` to `to`, both in `dir`: no path outside the folder is resolved.

@@ -1,0 +1,99 @@
+//! `evosync init`: the configuration (unless one exists), the folders with their owners and modes, the state store,
+//! the managed authorized_keys file, and a first admin token.
+
+use super::{Admin, AdminError, Result};
+use crate::config::Config;
+use crate::fs::{landing, sys};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The group of the gate accounts and the AuthorizedKeysCommand account: they write the store and the locks.
+pub const STATE_GROUP: &str = "evosync";
+
+/// What `init` writes into a new configuration.
+pub struct InitSettings {
+    pub replica_root: PathBuf,
+    pub policies_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub sqlite3_rsync: PathBuf,
+    pub authorized_keys: Option<PathBuf>,
+    pub gate: PathBuf,
+    pub listen: String,
+    pub account_mode: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct InitReport {
+    pub config: PathBuf,
+    pub store: PathBuf,
+    pub schema_version: i64,
+    /// Shown once; only its hash is kept.
+    pub admin_token: String,
+}
+
+impl InitSettings {
+    fn config_text(&self) -> String {
+        format!(
+            "# evosync configuration, written by `evosync init`.\nreplica_root: {}\npolicies_dir: {}\nstate_dir: {}\n\
+             sqlite3_rsync: {}\ngate: {}\nlisten: {}\naccount_mode: {}\n{}",
+            self.replica_root.display(),
+            self.policies_dir.display(),
+            self.state_dir.display(),
+            self.sqlite3_rsync.display(),
+            self.gate.display(),
+            self.listen,
+            self.account_mode,
+            self.authorized_keys.as_ref().map(|p| format!("authorized_keys: {}\n", p.display())).unwrap_or_default()
+        )
+    }
+}
+
+/// Sets the host up; safe to run again (an existing configuration is kept, and another admin token is issued).
+pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Result<InitReport> {
+    if !config_path.exists() {
+        let text = settings.config_text();
+        Config::parse(&text)
+            .map_err(|e| AdminError::Invalid(format!("these settings do not make a valid configuration: {e}")))?;
+        if let Some(parent) = config_path.parent() {
+            std::fs::create_dir_all(parent).map_err(super::io(format!("creating {}", parent.display())))?;
+        }
+        landing::create_file(config_path, text.as_bytes(), 0o644)
+            .map_err(super::io(format!("cannot write {}", config_path.display())))?;
+    }
+    let config = Config::load(config_path).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    make_folder(&config.replica_root, 0o755, false)?;
+    make_folder(&config.policies_dir, 0o755, false)?;
+    // The gate accounts (group evosync) write the store, the ledger and their locks; nobody else may read them.
+    make_folder(&config.state_dir, 0o2770, true)?;
+    make_folder(&config.locks_dir(), 0o2770, true)?;
+    if let Some(folder) = config.authorized_keys.as_ref().and_then(|keys| keys.parent()) {
+        make_folder(folder, 0o755, false)?;
+    }
+    let admin = Admin::open(&config, config_path, actor)?;
+    let store_path = config.store_path();
+    // The store and its WAL companions: the gate accounts and the AuthorizedKeysCommand account write them too.
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", store_path.display()));
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+                .and_then(|()| sys::chgrp(&path, STATE_GROUP))
+                .map_err(super::io(format!("setting the mode of {}", path.display())))?;
+        }
+    }
+    admin.sync_authorized_keys()?;
+    let admin_token = admin.issue_admin_token()?;
+    Ok(InitReport {
+        config: config_path.to_owned(),
+        store: store_path,
+        schema_version: admin.store.schema_version()?,
+        admin_token,
+    })
+}
+
+fn make_folder(path: &Path, mode: u32, shared_with_gates: bool) -> Result<()> {
+    let failed = super::io(format!("cannot create {}", path.display()));
+    std::fs::create_dir_all(path)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .and_then(|()| if shared_with_gates { sys::chgrp(path, STATE_GROUP) } else { Ok(()) })
+        .map_err(failed)
+}

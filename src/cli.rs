@@ -1,0 +1,505 @@
+//! `evosync`, the administrator's command line: clap, dispatch, and text or JSON output. The operations themselves are
+//! in `admin` (shared with the admin HTTP API); `evosync serve` starts the service in `serve`.
+//!
+//! Every command takes `--config` and `--json`, and on failure exits non-zero with one line saying what to fix.
+
+use crate::access::KeyState;
+use crate::admin::init::{init, InitSettings};
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::policy::Policy;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "evosync", version, about = "Administer the evosync central host")]
+struct Cli {
+    /// Configuration file [default: $EVOSYNC_CONFIG, else /etc/evosync/evosync.yaml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Machine-readable output (JSON) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the configuration, folders, state store and an admin token (printed once).
+    Init(InitArgs),
+    /// Parties: add, list, show, disable, enable.
+    Party {
+        #[command(subcommand)]
+        command: PartyCommand,
+    },
+    /// SSH keys of parties: add, list, revoke.
+    SshKey {
+        #[command(subcommand)]
+        command: SshKeyCommand,
+    },
+    /// API keys of parties for the HTTP endpoints: issue, list, revoke.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// The managed authorized_keys file: write it from the store, or check it for drift.
+    AuthorizedKeys {
+        #[command(subcommand)]
+        command: AuthorizedKeysCommand,
+    },
+    /// The hash-chained audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Party policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// A new admin token for the HTTP API (printed once).
+    AdminToken,
+    /// Run the HTTP service (admin API and the workers' sync endpoints).
+    Serve,
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    #[arg(long, default_value = "/srv/evosync/replicas")]
+    replica_root: PathBuf,
+    #[arg(long, default_value = "/etc/evosync/policies")]
+    policies_dir: PathBuf,
+    #[arg(long, default_value = "/var/lib/evosync")]
+    state_dir: PathBuf,
+    #[arg(long, default_value = "/usr/local/bin/sqlite3_rsync")]
+    sqlite3_rsync: PathBuf,
+    /// The authorized_keys file to manage; leave out for AuthorizedKeysCommand mode.
+    #[arg(long)]
+    authorized_keys: Option<PathBuf>,
+    #[arg(long, default_value = "/usr/local/bin/evosync-gate")]
+    gate: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:4004")]
+    listen: String,
+    /// shared (one `evosync` account) or per-party (`evosync-NAME` accounts).
+    #[arg(long, default_value = "shared")]
+    account_mode: String,
+}
+
+#[derive(Subcommand)]
+enum PartyCommand {
+    /// Register a party: writes its policy from the template unless one exists, and creates its tree.
+    Add {
+        name: String,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Every key of the party stops at once.
+    Disable {
+        name: String,
+    },
+    Enable {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshKeyCommand {
+    /// Register a party's SSH public key.
+    Add {
+        party: String,
+        /// The .pub file, or - for standard input.
+        #[arg(long)]
+        public_key: String,
+        /// Last day of use: 2027-01-31 (midnight UTC) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+        /// Source addresses allowed: CIDR[,CIDR].
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    List {
+        party: Option<String>,
+    },
+    /// Revoke by key id or SHA256: fingerprint.
+    Revoke {
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Issue an API key for a party (printed once).
+    Issue {
+        party: String,
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        party: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuthorizedKeysCommand {
+    /// Regenerate the managed block from the store.
+    Write,
+    /// Report drift between the file and the store (exit 1 when they differ).
+    Check,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain; reports the first record where it breaks (exit 1).
+    Verify,
+    /// Print audit records.
+    List {
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate every policy in policies_dir (or the files given) and say what is wrong where.
+    Check { files: Vec<PathBuf> },
+}
+
+/// A failure: one line for the administrator.
+struct Failure(String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(error: E) -> Self {
+        Failure(error.to_string())
+    }
+}
+
+type Outcome = Result<ExitCode, Failure>;
+
+/// `evosync`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => code,
+        Err(Failure(reason)) => {
+            if json {
+                println!("{}", serde_json::json!({ "error": reason }));
+            }
+            eprintln!("evosync: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Outcome {
+    let config_path = Config::locate(cli.config.as_deref());
+    let json = cli.json;
+    match cli.command {
+        Command::Init(args) => init_host(&config_path, args, json),
+        Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&config_path, files, json),
+        Command::Serve => {
+            let config = Config::load(&config_path)?;
+            crate::serve::serve(config, config_path).map_err(Failure::from)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            let config = Config::load(&config_path)?;
+            let admin = Admin::open(&config, &config_path, actor())?;
+            administer(&admin, command, json)
+        }
+    }
+}
+
+fn actor() -> String {
+    format!("cli:{}", crate::fs::sys::account_name().unwrap_or_else(|| crate::fs::sys::uid().to_string()))
+}
+
+fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
+    match command {
+        Command::Party { command } => match command {
+            PartyCommand::Add { name } => {
+                let party = admin.add_party(&name)?;
+                show(json, &party, || {
+                    format!(
+                        "party {} added; policy {}, tree {}",
+                        party.name,
+                        admin.config.policy_path(&name).display(),
+                        admin.config.replica_root.join(&name).display()
+                    )
+                })
+            }
+            PartyCommand::List => {
+                let parties = admin.parties()?;
+                show(json, &parties, || {
+                    parties
+                        .iter()
+                        .map(|p| format!("{:<24} {}", p.name, if p.enabled { "enabled" } else { "disabled" }))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+            }
+            PartyCommand::Show { name } => {
+                let view = admin.show_party(&name)?;
+                show(json, &view, || {
+                    format!(
+                        "party {} ({})\npolicy {}\n{} ssh keys, {} api keys, {} runs",
+                        view.party.name,
+                        if view.party.enabled { "enabled" } else { "disabled" },
+                        view.policy,
+                        view.ssh_keys.len(),
+                        view.api_keys.len(),
+                        view.runs
+                    )
+                })
+            }
+            PartyCommand::Disable { name } => {
+                let party = admin.set_party_enabled(&name, false)?;
+                show(json, &party, || format!("party {name} disabled: every key of it stops now"))
+            }
+            PartyCommand::Enable { name } => {
+                let party = admin.set_party_enabled(&name, true)?;
+                show(json, &party, || format!("party {name} enabled"))
+            }
+        },
+        Command::SshKey { command } => match command {
+            SshKeyCommand::Add { party, public_key, expires, from, comment } => {
+                let text = read_input(&public_key)?;
+                let added =
+                    admin.add_ssh_key(&party, &text, expires.as_deref(), from.as_deref(), comment.as_deref())?;
+                show(json, &added, || {
+                    format!("key {}\n{}\n{}", added.key.id, added.key.fingerprint, added.authorized_keys_line)
+                })
+            }
+            SshKeyCommand::List { party } => {
+                let keys = admin.ssh_keys(party.as_deref())?;
+                show(json, &keys, || {
+                    key_lines(
+                        &keys,
+                        |k| (k.revoked_at, k.expires_at),
+                        |k, state| format!("{}  {:<16} {}  {}  {}", k.id, k.party, k.fingerprint, state, k.comment),
+                    )
+                })
+            }
+            SshKeyCommand::Revoke { key } => {
+                let key = admin.revoke_ssh_key(&key)?;
+                show(json, &key, || format!("key {} of party {} revoked", key.id, key.party))
+            }
+        },
+        Command::ApiKey { command } => match command {
+            ApiKeyCommand::Issue { party, expires, name } => {
+                let issued = admin.issue_api_key(&party, name.as_deref(), expires.as_deref())?;
+                show(json, &issued, || {
+                    format!(
+                        "{}\n(api key {} of party {}; shown once, keep it secret)",
+                        issued.api_key, issued.key.id, party
+                    )
+                })
+            }
+            ApiKeyCommand::List { party } => {
+                let keys = admin.api_keys(party.as_deref())?;
+                show(json, &keys, || {
+                    key_lines(
+                        &keys,
+                        |k| (k.revoked_at, k.expires_at),
+                        |k, state| format!("{}  {:<16} {}  {}", k.id, k.party, state, k.name),
+                    )
+                })
+            }
+            ApiKeyCommand::Revoke { id } => {
+                let key = admin.revoke_api_key(&id)?;
+                show(json, &key, || format!("api key {} of party {} revoked", key.id, key.party))
+            }
+        },
+        Command::AuthorizedKeys { command } => match command {
+            AuthorizedKeysCommand::Write => {
+                let lines = admin.write_authorized_keys()?;
+                show(json, &serde_json::json!({ "lines": lines }), || format!("{lines} key lines written"))
+            }
+            AuthorizedKeysCommand::Check => {
+                let drift = admin.check_authorized_keys()?;
+                let clean = drift.is_clean();
+                let value =
+                    serde_json::json!({ "clean": clean, "missing": drift.missing, "unexpected": drift.unexpected });
+                let code = show(json, &value, || {
+                    let mut text = if clean { "authorized_keys matches the store".to_owned() } else { String::new() };
+                    for line in &drift.missing {
+                        text.push_str(&format!("missing (key does not work yet): {line}\n"));
+                    }
+                    for line in &drift.unexpected {
+                        text.push_str(&format!("unexpected (key works though it should not): {line}\n"));
+                    }
+                    text.trim_end().to_owned()
+                })?;
+                Ok(if clean { code } else { ExitCode::FAILURE })
+            }
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Verify => match admin.store.verify_audit()? {
+                crate::store::ChainCheck::Intact { records } => {
+                    show(json, &serde_json::json!({ "intact": true, "records": records }), || {
+                        format!("audit chain intact: {records} records")
+                    })
+                }
+                crate::store::ChainCheck::Broken { seq, reason } => {
+                    let value = serde_json::json!({ "intact": false, "first_broken": seq, "reason": reason });
+                    show(json, &value, || format!("audit chain broken at record {seq}: {reason}"))?;
+                    Ok(ExitCode::FAILURE)
+                }
+            },
+            AuditCommand::List { after, limit } => {
+                let records = admin.audit_records(after, limit)?;
+                show(json, &records, || {
+                    records
+                        .iter()
+                        .map(|r| {
+                            format!(
+                                "{} {} {} {} party={} subject={} {} {}",
+                                r.seq,
+                                crate::time::rfc3339(r.at),
+                                r.actor,
+                                r.action,
+                                r.party,
+                                r.subject,
+                                r.outcome,
+                                r.detail
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                })
+            }
+        },
+        Command::AdminToken => {
+            let token = admin.issue_admin_token()?;
+            show(json, &serde_json::json!({ "admin_token": token }), || format!("{token}\n(shown once)"))
+        }
+        Command::Init(_) | Command::Policy { .. } | Command::Serve => unreachable!("handled before the store opens"),
+    }
+}
+
+/// Prints `value` as JSON, or the text `human` makes.
+fn show<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Outcome {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        let text = human();
+        if !text.is_empty() {
+            println!("{text}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_input(source: &str) -> Result<String, Failure> {
+    if source == "-" {
+        let mut text = String::new();
+        std::io::stdin().read_to_string(&mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(source).map_err(|e| Failure(format!("cannot read {source}: {e}")))
+    }
+}
+
+fn init_host(config_path: &Path, args: InitArgs, json: bool) -> Outcome {
+    let settings = InitSettings {
+        replica_root: args.replica_root,
+        policies_dir: args.policies_dir,
+        state_dir: args.state_dir,
+        sqlite3_rsync: args.sqlite3_rsync,
+        authorized_keys: args.authorized_keys,
+        gate: args.gate,
+        listen: args.listen,
+        account_mode: args.account_mode,
+    };
+    let report = init(config_path, &settings, actor())?;
+    show(json, &report, || {
+        format!(
+            "configuration {}\nstate store {}\nadmin token (shown once; only its hash is kept):\n{}",
+            report.config.display(),
+            report.store.display(),
+            report.admin_token
+        )
+    })
+}
+
+fn policy_check(config_path: &Path, mut files: Vec<PathBuf>, json: bool) -> Outcome {
+    if files.is_empty() {
+        let config = Config::load(config_path)?;
+        let entries = std::fs::read_dir(&config.policies_dir)
+            .map_err(|e| Failure(format!("cannot list {}: {e}", config.policies_dir.display())))?;
+        files = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Failure(format!("no *.yaml policy in {}", config.policies_dir.display())));
+        }
+    }
+    let mut results = Vec::new();
+    for file in &files {
+        let party = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        results.push(match Policy::load(file, party) {
+            Ok(policy) => serde_json::json!({
+                "file": file, "ok": true, "party": policy.party, "push": policy.push, "pull": policy.pull,
+                "create_runs": policy.create_runs,
+            }),
+            Err(error) => serde_json::json!({ "file": file, "ok": false, "error": error.to_string() }),
+        });
+    }
+    let broken = results.iter().filter(|r| r["ok"] == false).count();
+    show(json, &results, || {
+        results
+            .iter()
+            .map(|r| match r["ok"].as_bool() {
+                Some(true) => format!(
+                    "ok       {}: party {}, push {}, pull {}, create_runs {}",
+                    r["file"].as_str().unwrap_or_default(),
+                    r["party"].as_str().unwrap_or_default(),
+                    r["push"],
+                    r["pull"],
+                    r["create_runs"]
+                ),
+                _ => format!("invalid  {}", r["error"].as_str().unwrap_or_default()),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    if broken > 0 {
+        eprintln!("evosync: {broken} of {} policies are invalid; their parties are refused until fixed", files.len());
+        Ok(ExitCode::FAILURE)
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// One line per key, each with the key's state now: active, revoked or expired.
+fn key_lines<K>(
+    keys: &[K],
+    revoked_and_expires: impl Fn(&K) -> (Option<i64>, Option<i64>),
+    line: impl Fn(&K, &str) -> String,
+) -> String {
+    let now = crate::time::now();
+    keys.iter()
+        .map(|key| {
+            let (revoked_at, expires_at) = revoked_and_expires(key);
+            line(key, KeyState::of(revoked_at, expires_at, true, now).label())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,456 @@
+//! The gate: what sshd runs for every worker login. Who is asking, what for, may they, where exactly, then hand the
+//! SSH channel to sqlite3_rsync or refuse. Plain blocking code, no async runtime: it starts in about a millisecond.
+//!
+//! The flow, top to bottom: `serve` finds the party (`party_of`, or the key's holder in the store), `plan` parses the
+//! command and decides against the policy (pure but for reading the policy), `survey` looks at the party's tree
+//! without changing it, and `act` creates, locks, sandboxes and hands over. `explain` runs `plan` and `survey` and
+//! prints what `act` would do. Every refusal is a `refusal::RefusalCode`, recorded in one place.
+
+pub mod audit;
+pub mod command;
+pub mod decide;
+mod explain;
+pub mod handover;
+mod keys_command;
+pub mod refusal;
+pub mod reply;
+pub mod sandbox;
+
+use crate::access::{self, ClaimError, Headroom, KeyState, RunOwner};
+use crate::config::Config;
+use crate::fs::confine::{ConfineError, PartyTree, RunFolder};
+use crate::log::Line;
+use crate::names::is_party_name;
+use crate::policy::Policy;
+use crate::store::{LedgerRow, Store};
+use audit::Sink;
+use clap::{Parser, Subcommand};
+use command::Request;
+use decide::{decide, Action, Decision};
+use handover::{HandoverError, Launch, Locks};
+use refusal::{Recorder, Refusal, RefusalCode};
+use sandbox::Sandbox;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub use explain::explain;
+pub use keys_command::authorized_keys_for;
+pub use refusal::REFUSED;
+
+#[derive(Parser)]
+#[command(name = "evosync-gate", version, about = "SSH forced command that lets a party push its run replicas")]
+struct Cli {
+    /// Configuration file [default: $EVOSYNC_CONFIG, else /etc/evosync/evosync.yaml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// The party this key belongs to (authorized_keys mode); otherwise taken from the account name evosync-NAME.
+    #[arg(long)]
+    party: Option<String>,
+    /// The registered key this session logged in with; the state store names its party.
+    #[arg(long)]
+    key: Option<String>,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+#[derive(Subcommand)]
+enum Tool {
+    /// Print the decision for a command line, and its reason, without running or changing anything.
+    Explain {
+        #[arg(long)]
+        party: String,
+        /// The command as sshd would pass it in SSH_ORIGINAL_COMMAND.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// For sshd's AuthorizedKeysCommand (`%u %t %k`): prints the key's line when it is active, nothing otherwise.
+    AuthorizedKeys {
+        /// The account logging in (%u).
+        user: String,
+        /// The key type (%t).
+        key_type: String,
+        /// The base64 key (%k).
+        key: String,
+    },
+}
+
+/// `evosync-gate`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config_path = Config::locate(cli.config.as_deref());
+    let config = Config::load(&config_path);
+    match cli.command {
+        Some(Tool::Explain { party, command }) => match config {
+            Ok(config) => {
+                let (allowed, text) = explain(&config, &party, &command.join(" "));
+                println!("{text}");
+                ExitCode::from(if allowed { 0 } else { 1 })
+            }
+            Err(error) => {
+                eprintln!("evosync-gate: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Some(Tool::AuthorizedKeys { user, key_type, key }) => {
+            let line = config
+                .map_err(|e| e.to_string())
+                .and_then(|c| authorized_keys_for(&c, &config_path, &user, &key_type, &key).map_err(|e| e.to_string()));
+            match line {
+                Ok(line) => {
+                    if let Some(line) = line {
+                        println!("{line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("evosync-gate: {error}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => {
+            // The account name costs an NSS lookup; only per-party-account mode needs it.
+            let account = if cli.party.is_none() && cli.key.is_none() { crate::fs::sys::account_name() } else { None };
+            let invocation = Invocation {
+                party: cli.party,
+                key: cli.key,
+                account,
+                command: std::env::var("SSH_ORIGINAL_COMMAND").ok(),
+            };
+            let status = match config {
+                Ok(config) => serve(&config, &invocation),
+                Err(error) => refuse_unconfigured(&invocation, &error.to_string()),
+            };
+            ExitCode::from(status.clamp(0, 255) as u8)
+        }
+    }
+}
+
+/// Without a configuration there is no audit sink but syslog and stderr (which sshd sends to the worker).
+fn refuse_unconfigured(invocation: &Invocation, detail: &str) -> i32 {
+    let command_line = invocation.command.as_deref();
+    let recorder = Recorder {
+        sink: Sink::new(Default::default(), None),
+        store: None,
+        actor: "gate".into(),
+        listening: command_line.and_then(command::looks_like_sqlite3_rsync),
+        command_line: None,
+    };
+    recorder.refuse(Line::new(), "", "", &Refusal::with_detail(RefusalCode::BrokenConfig, detail))
+}
+
+/// What the gate was asked, from sshd.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// `--party NAME`, else derived from the Unix account (`evosync-NAME`).
+    pub party: Option<String>,
+    /// `--key ID`: a key registered in the state store, which names the party.
+    pub key: Option<String>,
+    pub account: Option<String>,
+    /// `SSH_ORIGINAL_COMMAND`; `None` for an interactive login.
+    pub command: Option<String>,
+}
+
+/// Everything decided before looking at the tree.
+pub struct Plan {
+    pub party: String,
+    pub policy: Policy,
+    pub decision: Decision,
+}
+
+/// The party this invocation speaks for.
+pub fn party_of(invocation: &Invocation) -> Result<String, Refusal> {
+    let party = match (&invocation.party, &invocation.account) {
+        (Some(party), _) => party.clone(),
+        (None, Some(account)) => match account.strip_prefix("evosync-") {
+            Some(party) => party.to_owned(),
+            None => {
+                let detail = format!("account '{account}' is not evosync-NAME and no --party was given");
+                return Err(Refusal::with_detail(RefusalCode::NotAPartyAccount, detail));
+            }
+        },
+        (None, None) => return Err(RefusalCode::NoParty.into()),
+    };
+    checked_party(party)
+}
+
+fn checked_party(party: String) -> Result<String, Refusal> {
+    if is_party_name(&party) {
+        Ok(party)
+    } else {
+        Err(RefusalCode::BadPartyName(party).into())
+    }
+}
+
+/// Parses, loads the policy and decides. Pure apart from reading the policy file.
+pub fn plan(config: &Config, party: &str, command_line: Option<&str>) -> Result<Plan, Refusal> {
+    let request = command::parse(command_line.unwrap_or("")).map_err(RefusalCode::Command)?;
+    let policy = Policy::load(&config.policy_path(party), party)
+        .map_err(|e| Refusal::with_detail(RefusalCode::NoPolicy { party: party.to_owned() }, e))?;
+    let decision = decide(&request, &policy).map_err(RefusalCode::Denied)?;
+    if matches!(request, Request::Sync(_)) && policy.require_sandbox && crate::fs::sys::landlock_abi_version() == 0 {
+        return Err(RefusalCode::SandboxRequired.into());
+    }
+    Ok(Plan { party: party.to_owned(), policy, decision })
+}
+
+/// Serves one SSH session. Returns the process exit status.
+pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
+    let command_line = invocation.command.as_deref();
+    let mut recorder = Recorder {
+        sink: Sink::new(config.syslog_facility, config.audit_log.as_deref()),
+        store: None,
+        actor: match &invocation.key {
+            Some(key) => format!("gate:key:{key}"),
+            None => "gate".to_owned(),
+        },
+        listening: command_line.and_then(command::looks_like_sqlite3_rsync),
+        command_line,
+    };
+    // The store is where keys are checked and pushes recorded. With --key it is required; without, it is used
+    // when it exists (a host that has never run `evosync init` has none).
+    let store_path = config.store_path();
+    if invocation.key.is_some() || store_path.exists() {
+        match Store::open_existing(&store_path) {
+            Ok(store) => recorder.store = Some(store),
+            Err(error) if invocation.key.is_some() => {
+                let refusal = Refusal::with_detail(RefusalCode::KeysUnavailable, error);
+                return recorder.refuse(recorder.base(), "", "", &refusal);
+            }
+            Err(_) => {}
+        }
+    }
+    let key_party = match (&invocation.key, &recorder.store) {
+        (Some(key), Some(store)) => match key_holder(store, key, invocation.party.as_deref()) {
+            Ok(party) => Some(party),
+            Err(refusal) => return recorder.refuse(recorder.base().field("key", key), "", "", &refusal),
+        },
+        _ => None,
+    };
+    let party = match key_party.map(Ok).unwrap_or_else(|| party_of(invocation)) {
+        Ok(party) => party,
+        Err(refusal) => return recorder.refuse(recorder.base(), "", "", &refusal),
+    };
+    let with_key = |line: Line| line.field_opt("key", invocation.key.as_deref());
+    let plan = match plan(config, &party, command_line) {
+        Ok(plan) => plan,
+        Err(refusal) => return recorder.refuse(with_key(recorder.base().field("party", &party)), &party, "", &refusal),
+    };
+    let line = with_key(
+        recorder
+            .base()
+            .field("party", &plan.party)
+            .field("run", &plan.decision.run)
+            .field_opt("database", plan.decision.database.as_deref())
+            .field("action", plan.decision.action.name()),
+    );
+    let subject = match &plan.decision.database {
+        Some(database) => format!("{}/{database}", plan.decision.run),
+        None => plan.decision.run.clone(),
+    };
+    let acted = survey(config, &plan, recorder.store.as_ref())
+        .and_then(|survey| act(config, &plan, survey, &recorder, invocation.key.as_deref(), line.clone(), &subject));
+    match acted {
+        Ok(status) => status,
+        Err(refusal) => recorder.refuse(line, &plan.party, &subject, &refusal),
+    }
+}
+
+/// The party a registered key speaks for, when the key may be used now (defence in depth: the authorized_keys file
+/// may lag behind a revoke).
+fn key_holder(store: &Store, key: &str, party_flag: Option<&str>) -> Result<String, Refusal> {
+    let found = store.ssh_key_with_party(key).map_err(|e| Refusal::with_detail(RefusalCode::KeysUnavailable, e))?;
+    let Some((key, party_enabled)) = found else { return Err(RefusalCode::KeyUnknown.into()) };
+    match KeyState::of_ssh_key(&key, party_enabled, crate::time::now()) {
+        KeyState::Active => {}
+        KeyState::Revoked => return Err(RefusalCode::KeyRevoked.into()),
+        KeyState::Expired => return Err(RefusalCode::KeyExpired.into()),
+        KeyState::PartyDisabled => return Err(RefusalCode::PartyDisabled { party: key.party }.into()),
+    }
+    if party_flag.is_some_and(|p| p != key.party) {
+        return Err(RefusalCode::KeyOfAnotherParty.into());
+    }
+    let _ = store.touch_ssh_key(&key.id);
+    Ok(key.party)
+}
+
+/// What the party's tree holds for a plan, found before anything is created: every check that can refuse a push
+/// runs here, so a refused push leaves no trace in the tree.
+pub struct Survey {
+    tree: PartyTree,
+    /// The run folder, when it exists already.
+    existing: Option<RunFolder>,
+    /// The most the replica may grow to (RLIMIT_FSIZE of the child).
+    fsize_limit: u64,
+}
+
+/// Looks at the tree (and, when there is one, the store) for `plan`; changes nothing.
+pub fn survey(config: &Config, plan: &Plan, store: Option<&Store>) -> Result<Survey, Refusal> {
+    let party = &plan.party;
+    let tree = PartyTree::open(&config.replica_root, party)
+        .map_err(|e| Refusal::with_detail(RefusalCode::NoTree { party: party.clone() }, e))?;
+    let (limits, decision) = (&plan.policy.limits, &plan.decision);
+    let run = &decision.run;
+    let existing = tree.existing_run_folder(run)?;
+    let creatable = |tree: &PartyTree| tree.may_create_run(run, plan.policy.create_runs, limits.max_runs);
+    let Some(database) = decision.database.as_deref() else {
+        check_owner(store, plan)?;
+        if existing.is_none() {
+            creatable(&tree)?;
+        }
+        return Ok(Survey { tree, existing, fsize_limit: 0 });
+    };
+    let pushing = matches!(decision.action, Action::Push { .. });
+    let current_bytes = match &existing {
+        Some(folder) => folder.check_database(database)?,
+        None if pushing => 0,
+        None => return Err(RefusalCode::NothingToPull { run: run.clone() }.into()),
+    };
+    if !pushing && existing.as_ref().and_then(|f| f.database_size(database)).is_none() {
+        let code = RefusalCode::NoReplicaToPull { run: run.clone(), database: database.to_owned() };
+        return Err(code.into());
+    }
+    let headroom = Headroom::of(limits, || tree.usage_bytes())?;
+    if let (Headroom::Full { used, max }, true) = (headroom, pushing) {
+        return Err(ConfineError::OverQuota { party: party.clone(), used, max }.into());
+    }
+    if pushing {
+        check_owner(store, plan)?;
+        if existing.is_none() {
+            creatable(&tree)?;
+        }
+    }
+    Ok(Survey { fsize_limit: headroom.replica_size_limit(limits, current_bytes), tree, existing })
+}
+
+/// Carries out an allowed plan: the only part of the gate that writes.
+fn act(
+    config: &Config,
+    plan: &Plan,
+    survey: Survey,
+    recorder: &Recorder<'_>,
+    key: Option<&str>,
+    line: Line,
+    subject: &str,
+) -> Result<i32, Refusal> {
+    let (limits, decision) = (&plan.policy.limits, &plan.decision);
+    let (wal_only, commcheck, pushing) = match decision.action {
+        Action::MakeRunDir => {
+            let folder = survey.tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs)?;
+            claim(recorder.store.as_ref(), plan)?;
+            let line = line.field("event", "decision").field("verdict", "allow").field("created", folder.created);
+            recorder.record(&line, &plan.party, subject, "allow", if folder.created { "created" } else { "exists" });
+            return Ok(0);
+        }
+        Action::Push { wal_only, commcheck } => (wal_only, commcheck, true),
+        Action::Pull { wal_only, commcheck } => (wal_only, commcheck, false),
+    };
+    let database = decision.database.as_deref().unwrap_or_default();
+    let locks = Locks::acquire(
+        &config.locks_dir(),
+        &plan.party,
+        &decision.run,
+        database,
+        limits.max_concurrent_syncs,
+        Duration::from_secs(config.lock_wait_seconds),
+    )
+    .map_err(|e| match e {
+        HandoverError::LockFile { .. } => Refusal::with_detail(RefusalCode::LocksUnavailable, e),
+        e => RefusalCode::Busy(e).into(),
+    })?;
+    let folder = match survey.existing {
+        Some(folder) => folder,
+        None => survey.tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs)?,
+    };
+    if pushing {
+        claim(recorder.store.as_ref(), plan)?;
+    }
+    let program = config.sqlite3_rsync.as_path();
+    let sandbox = Sandbox::prepare(program, &folder.fd, plan.policy.require_sandbox).map_err(RefusalCode::Sandbox)?;
+    let sandbox_summary = sandbox.summary.clone();
+    let args = sync_arguments(decision, (wal_only, commcheck), &folder.database_path(database));
+    let fsize_limit = survey.fsize_limit;
+    let allow = line
+        .clone()
+        .field("event", "decision")
+        .field("verdict", "allow")
+        .field("sandbox", &sandbox_summary)
+        .field("fsize_limit", fsize_limit);
+    recorder.record(&allow, &plan.party, subject, "allow", &sandbox_summary);
+    let started_at = crate::time::now();
+    let launch =
+        Launch { program, args, working_dir: &folder.path, fsize_limit, sandbox, max_seconds: limits.max_sync_seconds };
+    let outcome = handover::run(launch).map_err(|e| Refusal::with_detail(RefusalCode::SyncNotStarted, e))?;
+    drop(locks);
+    let after = folder.database_size(database);
+    let done = line
+        .field("event", "outcome")
+        .field("verdict", "done")
+        .field("exit", outcome.exit)
+        .field("seconds", format!("{:.3}", outcome.seconds))
+        .field_opt("replica_bytes", after);
+    recorder.record(&done, &plan.party, subject, &format!("done:{}", outcome.exit), "");
+    if let Some(store) = &recorder.store {
+        let row = LedgerRow {
+            party: plan.party.clone(),
+            key_id: key.map(str::to_owned),
+            run: decision.run.clone(),
+            database: database.to_owned(),
+            started_at,
+            seconds: outcome.seconds,
+            exit: outcome.exit.to_string(),
+            replica_bytes: after,
+        };
+        if let Err(error) = store.record_sync(&row) {
+            recorder.store_error(error);
+        }
+    }
+    Ok(outcome.exit.status())
+}
+
+/// Refuses a run another party owns, before anything is created for it.
+fn check_owner(store: Option<&Store>, plan: &Plan) -> Result<(), Refusal> {
+    let Some(store) = store else { return Ok(()) };
+    match access::run_owner(store, &plan.party, &plan.decision.run) {
+        Ok(RunOwner::Another) => Err(RefusalCode::RunOwned { run: plan.decision.run.clone() }.into()),
+        Ok(_) => Ok(()),
+        Err(error) => Err(Refusal::with_detail(RefusalCode::RunsUnreadable, error)),
+    }
+}
+
+/// Claims the run folder for the party in the store: a folder is one party's, across all parties.
+fn claim(store: Option<&Store>, plan: &Plan) -> Result<(), Refusal> {
+    let Some(store) = store else { return Ok(()) };
+    access::claim_run(store, &plan.party, &plan.decision.run).map_err(|e| match e {
+        ClaimError::Owned(run) => RefusalCode::RunOwned { run }.into(),
+        ClaimError::Store(error) => Refusal::with_detail(RefusalCode::RunNotRecorded, error),
+    })
+}
+
+/// The argument vector for the configured sqlite3_rsync: the mode, the accepted flags, then the names in the order
+/// the mode expects, with this host's side as the absolute path proven by confinement.
+pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_path: &Path) -> Vec<OsString> {
+    let pushing = matches!(decision.action, Action::Push { .. });
+    let mut args: Vec<OsString> = vec![if pushing { "--replica" } else { "--origin" }.into()];
+    if commcheck {
+        args.push("--commcheck".into());
+    }
+    if wal_only {
+        args.push("--wal-only".into());
+    }
+    let peer = OsString::from(&decision.peer_name);
+    if pushing {
+        args.extend([peer, host_path.into()]);
+    } else {
+        args.extend([host_path.into(), peer]);
+    }
+    args
+}
+
+impl Survey {
+    fn run_exists(&self) -> bool {
+        self.existing.is_some()
+    }
+}

@@ -1,0 +1,274 @@
+//! Every way a request to `evosync serve` can fail, in one enum: its HTTP status, the label it is counted and logged
+//! under, and the message the caller reads (`{"error": "…", "status": N}`). Handlers return `Result<_, ApiError>` and
+//! use `?`; `log_refusals` writes one log line and counts one refusal per failed request, so no handler can forget.
+
+use super::state::Shared;
+use crate::admin::AdminError;
+use crate::fs::confine::ConfineError;
+use crate::fs::landing::FinishError;
+use crate::log::{Line, SERVE};
+use crate::names::NameError;
+use crate::store::StoreError;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::fmt;
+
+#[derive(Debug)]
+pub enum ApiError {
+    // ---- who is calling ----
+    NoKey,
+    BadKey,
+    RevokedKey,
+    ExpiredKey,
+    PartyDisabled {
+        party: String,
+    },
+    NoPolicy {
+        party: String,
+    },
+    NoAdminToken,
+    BadAdminToken,
+    RateLimited {
+        retry_after: u64,
+    },
+    // ---- which run ----
+    RunName {
+        run: String,
+        pattern: String,
+    },
+    NoSuchRun {
+        run: String,
+    },
+    /// Another party's run: answered as a missing one (404), or as taken (409) to a party that tries to register it.
+    OtherPartysRun {
+        run: String,
+        registering: bool,
+    },
+    NoTree,
+    Confine(ConfineError),
+    // ---- what was sent ----
+    Name(NameError),
+    BadRegistration(String),
+    BadJson(JsonRejection),
+    BadForm(String),
+    BrokenOff(String),
+    BadDigestHeader(String),
+    Digest(String),
+    TooLarge {
+        name: String,
+        limit: String,
+    },
+    OverQuota {
+        party: String,
+    },
+    AtQuota {
+        party: String,
+        quota: String,
+    },
+    NoEndpoint,
+    // ---- the host ----
+    FolderConflict(String),
+    Storage(String),
+    Admin(AdminError),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            NoKey | BadKey | RevokedKey | ExpiredKey | NoAdminToken | BadAdminToken => StatusCode::UNAUTHORIZED,
+            PartyDisabled { .. } | NoPolicy { .. } => StatusCode::FORBIDDEN,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RunName { .. }
+            | Name(_)
+            | BadRegistration(_)
+            | BadForm(_)
+            | BrokenOff(_)
+            | BadDigestHeader(_)
+            | Digest(_) => StatusCode::BAD_REQUEST,
+            NoSuchRun { .. } | NoEndpoint => StatusCode::NOT_FOUND,
+            OtherPartysRun { registering: true, .. } => StatusCode::CONFLICT,
+            OtherPartysRun { registering: false, .. } => StatusCode::NOT_FOUND,
+            Confine(ConfineError::RunMissing { .. } | ConfineError::TooManyRuns { .. }) => StatusCode::FORBIDDEN,
+            Confine(ConfineError::NotAFolder { .. } | ConfineError::NotRegular { .. }) | FolderConflict(_) => {
+                StatusCode::CONFLICT
+            }
+            TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            OverQuota { .. } | AtQuota { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            BadJson(rejection) => rejection.status(),
+            Admin(error) => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            NoTree | Confine(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `reason=` of the log line and the label of `evosync_refusals_total`.
+    pub fn label(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            NoKey => "no-key",
+            BadKey => "bad-key",
+            RevokedKey => "revoked-key",
+            ExpiredKey => "expired-key",
+            PartyDisabled { .. } => "party-disabled",
+            NoPolicy { .. } => "policy",
+            NoAdminToken | BadAdminToken => "admin-token",
+            RateLimited { .. } => "rate",
+            RunName { .. } => "run-name",
+            NoSuchRun { .. } => "no-run",
+            OtherPartysRun { .. } => "other-party",
+            NoTree | Confine(_) => "confine",
+            Name(_) => "name",
+            BadRegistration(_) | BadJson(_) => "bad-body",
+            BadForm(_) => "bad-form",
+            BrokenOff(_) => "broken-off",
+            BadDigestHeader(_) | Digest(_) => "digest",
+            TooLarge { .. } => "too-large",
+            OverQuota { .. } | AtQuota { .. } => "quota",
+            NoEndpoint => "no-endpoint",
+            FolderConflict(_) => "folder",
+            Storage(_) => "storage",
+            Admin(_) => "admin",
+            Internal(_) => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ApiError::*;
+        match self {
+            NoKey => f.write_str("send the party's API key in the X-Sync-API-Key header"),
+            BadKey => f.write_str("the X-Sync-API-Key is not a valid key"),
+            RevokedKey => f.write_str("this API key was revoked"),
+            ExpiredKey => f.write_str("this API key has expired"),
+            PartyDisabled { party } => write!(f, "party '{party}' is disabled on this host"),
+            NoPolicy { party } => {
+                write!(f, "party '{party}' has no usable policy on this host; tell the administrator")
+            }
+            NoAdminToken => f.write_str("send the admin token as: Authorization: Bearer TOKEN"),
+            BadAdminToken => f.write_str("the admin token is not valid"),
+            RateLimited { retry_after } => write!(f, "too many requests; retry in {retry_after} s"),
+            RunName { run, pattern } => write!(f, "'{run}' is not an allowed run name (pattern: {pattern})"),
+            NoSuchRun { run } | OtherPartysRun { run, registering: false } => write!(f, "there is no run '{run}'"),
+            OtherPartysRun { run, registering: true } => write!(f, "run '{run}' belongs to another party"),
+            NoTree => f.write_str("the party has no tree on this host; tell the administrator"),
+            Confine(error) => error.fmt(f),
+            Name(error) => error.fmt(f),
+            BadRegistration(error) => write!(f, "the body is not the registration JSON: {error}"),
+            BadJson(rejection) => {
+                write!(f, "the request body is not what this endpoint takes: {}", rejection.body_text())
+            }
+            BadForm(message) | BadDigestHeader(message) | Digest(message) | Storage(message) | Internal(message) => {
+                f.write_str(message)
+            }
+            BrokenOff(error) => write!(f, "the upload broke off: {error}"),
+            TooLarge { name, limit } => write!(f, "'{name}' is over the {limit} limit per file; nothing was stored"),
+            OverQuota { party } => {
+                write!(f, "party '{party}' would go over its quota (max_party_bytes); nothing was stored")
+            }
+            AtQuota { party, quota } => {
+                write!(f, "party '{party}' is at its quota (max_party_bytes {quota}); free space first")
+            }
+            NoEndpoint => f.write_str("no such endpoint"),
+            FolderConflict(message) => f.write_str(message),
+            Admin(error) => error.fmt(f),
+        }
+    }
+}
+
+/// What `log_refusals` reads off a response that carries an error.
+#[derive(Clone)]
+struct Refused {
+    label: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.answer(serde_json::Map::new())
+    }
+}
+
+impl ApiError {
+    /// The error's answer, with `extra` fields in its JSON body (the listing's `"files": []`, say).
+    pub fn answer(self, mut extra: serde_json::Map<String, serde_json::Value>) -> Response {
+        let status = self.status();
+        let message = self.to_string();
+        extra.insert("error".into(), message.clone().into());
+        extra.insert("status".into(), status.as_u16().into());
+        let body = Json(serde_json::Value::Object(extra));
+        let mut response = match self {
+            ApiError::RateLimited { retry_after } => {
+                (status, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response()
+            }
+            _ => (status, body).into_response(),
+        };
+        response.extensions_mut().insert(Refused { label: self.label(), message });
+        response
+    }
+}
+
+/// Middleware: one log line and one count for every request that failed, written before the answer goes out.
+pub async fn log_refusals(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(refused) = response.extensions().get::<Refused>() {
+        let status = response.status();
+        let (event, metric) = if status.is_server_error() {
+            ("error", "evosync_errors_total")
+        } else {
+            ("refuse", "evosync_refusals_total")
+        };
+        state.metrics.add(&format!("{metric}{{reason=\"{}\"}}", refused.label), 1);
+        let line = Line::of(SERVE)
+            .field("event", event)
+            .field("reason", refused.label)
+            .field("status", status.as_u16())
+            .field("message", &refused.message);
+        line.to_stderr();
+    }
+    response
+}
+
+impl From<AdminError> for ApiError {
+    fn from(error: AdminError) -> Self {
+        ApiError::Admin(error)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        ApiError::Admin(AdminError::from(error))
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::BadJson(rejection)
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(error: NameError) -> Self {
+        ApiError::Name(error)
+    }
+}
+
+impl From<FinishError> for ApiError {
+    fn from(error: FinishError) -> Self {
+        match error {
+            FinishError::DigestMismatch { .. } => ApiError::Digest(error.to_string()),
+            FinishError::Io(_) => ApiError::Storage(error.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        ApiError::Internal(format!("internal error: {error}"))
+    }
+}

@@ -1,0 +1,79 @@
+//! `/metrics`: Prometheus text of the service's counters (requests by route, bytes, refusals by reason) and of the
+//! pushes the gates recorded in the ledger, by outcome.
+
+use super::state::{blocking, Shared};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+/// Counters by `name{labels}`.
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Metrics {
+    pub fn add(&self, name_and_labels: &str, by: u64) {
+        if let Ok(mut counters) = self.counters.lock() {
+            match counters.get_mut(name_and_labels) {
+                Some(count) => *count += by,
+                None => {
+                    counters.insert(name_and_labels.to_owned(), by);
+                }
+            }
+        }
+    }
+
+    fn render(&self, pushes: &[(String, u64)]) -> String {
+        let mut out = String::new();
+        let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut declared = BTreeSet::new();
+        for (key, value) in &counters {
+            let name = key.split('{').next().unwrap_or(key);
+            if declared.insert(name.to_owned()) {
+                let _ = writeln!(out, "# TYPE {name} counter");
+            }
+            let _ = writeln!(out, "{key} {value}");
+        }
+        out.push_str("# TYPE evosync_pushes_total counter\n");
+        for (exit, count) in pushes {
+            let _ = writeln!(out, "evosync_pushes_total{{outcome=\"{}\"}} {count}", label(exit));
+        }
+        out
+    }
+}
+
+/// A label value made safe for the exposition format.
+pub fn label(value: &str) -> String {
+    value.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).collect()
+}
+
+/// Middleware on the workers' routes: counts each request by route, whatever becomes of it.
+pub async fn count_requests(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if let Some(path) = request.extensions().get::<MatchedPath>() {
+        state.metrics.add(&format!("evosync_http_requests_total{{route=\"{}\"}}", route_name(path.as_str())), 1);
+    }
+    next.run(request).await
+}
+
+fn route_name(path: &str) -> &'static str {
+    match path {
+        "/api/sync/register/{run}" => "register",
+        "/api/sync/analysis/{run}/list" => "list",
+        "/api/sync/analysis/{run}" => "upload",
+        "/api/sync/status/{run}" => "status",
+        _ => "other",
+    }
+}
+
+/// Prometheus text: requests, bytes, refusals by reason, pushes by outcome.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<Shared>) -> Response {
+    let pushes = blocking(&state, |_, store| Ok(store.pushes_by_exit()?)).await.unwrap_or_default();
+    let body = state.metrics.render(&pushes);
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
+}

@@ -1,0 +1,260 @@
+//! The sync REST API the workers already speak (`X-Sync-API-Key`), per party: register a run, list the analysis
+//! files of a folder, a run's status. Uploads are in `upload`.
+//!
+//! A party sees only its own runs: another party's run answers exactly as a run that does not exist.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::state::{blocking, AppState, Shared};
+use crate::access::{self, ClaimError, RunOwner};
+use crate::fs::confine::{open_beneath, ConfineError, PartyTree, RunFolder};
+use crate::fs::{landing, sys};
+use crate::log::{Line, SERVE};
+use crate::names::{check_subdir, DEFAULT_SUBDIR};
+use crate::store::{FileRecord, Store};
+use crate::time::{hex, now, rfc3339, rfc3339_ns};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+/// The caller's run folder. Another party's run, or one that does not exist, is "not found" alike; `create` makes
+/// the folder (and claims the run) where the policy allows.
+pub fn open_run(
+    state: &AppState,
+    store: &Store,
+    caller: &Caller,
+    run: &str,
+    create: bool,
+) -> Result<(PartyTree, RunFolder), ApiError> {
+    if !caller.policy.allows_run_name(run) {
+        return Err(ApiError::RunName { run: run.to_owned(), pattern: caller.policy.run_pattern_text().to_owned() });
+    }
+    let owner = access::run_owner(store, &caller.party, run)?;
+    if owner == RunOwner::Another {
+        return Err(ApiError::OtherPartysRun { run: run.to_owned(), registering: create });
+    }
+    let tree = state.replica_root().and_then(|root| PartyTree::open_in(&root, &caller.party)).map_err(|e| {
+        Line::of(SERVE).field("event", "confine-error").field("party", &caller.party).field("error", e).to_stderr();
+        ApiError::NoTree
+    })?;
+    let folder = if create {
+        tree.run_folder(run, caller.policy.create_runs, caller.policy.limits.max_runs)
+    } else {
+        tree.existing_run_folder(run).and_then(|f| f.ok_or(ConfineError::RunMissing { run: run.to_owned() }))
+    };
+    let folder = folder.map_err(|e| match e {
+        ConfineError::RunMissing { .. } if !create => ApiError::NoSuchRun { run: run.to_owned() },
+        e => ApiError::Confine(e),
+    })?;
+    if owner == RunOwner::Asker {
+        return Ok((tree, folder)); // no write to the store on the hot path of an upload
+    }
+    match access::claim_run(store, &caller.party, run) {
+        Ok(()) => Ok((tree, folder)),
+        Err(ClaimError::Owned(run)) => Err(ApiError::OtherPartysRun { run, registering: false }),
+        Err(ClaimError::Store(e)) => Err(e.into()),
+    }
+}
+
+// ---- register ----
+
+#[derive(Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    template_name: Option<serde_json::Value>,
+    ecosystem_variant: Option<serde_json::Value>,
+    started_at: Option<serde_json::Value>,
+}
+
+fn as_text(value: &Option<serde_json::Value>) -> Option<String> {
+    match value {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    }
+}
+
+/// Claims the run folder for the party, stores its metadata, creates `analysisResults/`.
+#[utoipa::path(post, path = "/api/sync/register/{run}", request_body = Registration,
+    params(("run" = String, Path, description = "run folder name, ULID_label")),
+    responses((status = 201, description = "registered (again: unchanged)"), (status = 401), (status = 403), (status = 409)))]
+pub async fn register(
+    caller: Caller,
+    State(state): State<Shared>,
+    UrlPath(run): UrlPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let registration: Registration = if body.is_empty() {
+        Registration { template_name: None, ecosystem_variant: None, started_at: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRegistration(e.to_string()))?
+    };
+    let answer = blocking(&state, move |state, store| {
+        let (_, folder) = open_run(state, store, &caller, &run, true)?;
+        open_beneath(&folder.fd, &[DEFAULT_SUBDIR], true)
+            .map_err(|e| ApiError::Internal(format!("cannot create analysisResults: {e}")))?;
+        store.set_run_metadata(
+            &run,
+            as_text(&registration.template_name).as_deref(),
+            as_text(&registration.ecosystem_variant).as_deref(),
+            as_text(&registration.started_at).as_deref(),
+        )?;
+        Ok(serde_json::json!({ "run": run, "party": caller.party, "created": folder.created }))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
+}
+
+// ---- list ----
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct SubdirQuery {
+    /// analysisResults (default), generationFeatures, or a folder under them.
+    subdir: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Listed {
+    name: String,
+    size: u64,
+    /// RFC 3339, UTC.
+    modified: String,
+    sha256: String,
+}
+
+/// The files in one folder of a run: names, sizes, modification times and SHA-256.
+#[utoipa::path(get, path = "/api/sync/analysis/{run}/list", params(("run" = String, Path), SubdirQuery),
+    responses((status = 200, description = "{\"files\": [...]}"), (status = 404, description = "{\"files\": []}: no such run or folder")))]
+pub async fn list(
+    caller: Caller,
+    State(state): State<Shared>,
+    UrlPath(run): UrlPath<String>,
+    Query(query): Query<SubdirQuery>,
+) -> Response {
+    let listed = blocking(&state, move |state, store| {
+        let subdir = query.subdir.unwrap_or_else(|| DEFAULT_SUBDIR.to_owned());
+        let segments = check_subdir(&subdir)?;
+        let (_, folder) = open_run(state, store, &caller, &run, false)?;
+        let Some(dir) = open_beneath(&folder.fd, &segments, false).map_err(|e| ApiError::Internal(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        list_folder(state, store, &caller, &run, &subdir, &dir).map(Some)
+    })
+    .await;
+    let no_files = || serde_json::Map::from_iter([("files".to_owned(), serde_json::json!([]))]);
+    match listed {
+        Ok(Some(files)) => Json(serde_json::json!({ "files": files })).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Json(no_files())).into_response(),
+        Err(error) if error.status() == StatusCode::NOT_FOUND => error.answer(no_files()),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Each regular file of the folder with its SHA-256: from the records when size and mtime still match, else hashed
+/// now and remembered.
+fn list_folder(
+    state: &AppState,
+    store: &Store,
+    caller: &Caller,
+    run: &str,
+    subdir: &str,
+    dir: &OwnedFd,
+) -> Result<Vec<Listed>, ApiError> {
+    let known: HashMap<String, FileRecord> =
+        store.files_in(&caller.party, run, subdir)?.into_iter().map(|f| (f.name.clone(), f)).collect();
+    let mut files = Vec::new();
+    for (name, stat) in sys::list_dir(dir).map_err(|e| ApiError::Internal(e.to_string()))? {
+        if !sys::is_regular_file(&stat) || name.starts_with(landing::TEMP_PREFIX) {
+            continue;
+        }
+        let size = stat.st_size.max(0) as u64;
+        let mtime_ns = stat.st_mtime * 1_000_000_000 + stat.st_mtime_nsec;
+        let sha256 = match known.get(&name) {
+            Some(record) if record.size == size && record.mtime_ns == mtime_ns => record.sha256.clone(),
+            // Put there some other way (or changed since): hash it once, remember it.
+            _ => {
+                let sha256 = hash_file(dir, &name).unwrap_or_default();
+                state.records.remember(FileRecord {
+                    party: caller.party.clone(),
+                    run: run.to_owned(),
+                    subdir: subdir.to_owned(),
+                    name: name.clone(),
+                    size,
+                    mtime_ns,
+                    sha256: sha256.clone(),
+                    stored_at: now(),
+                });
+                sha256
+            }
+        };
+        files.push(Listed { modified: rfc3339_ns(mtime_ns), name, size, sha256 });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+fn hash_file(dir: &OwnedFd, name: &str) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = sys::open_file_in(dir, name)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+// ---- status ----
+
+/// The party's view of a run: each replica's size and last push, analysis file counts and the newest upload.
+#[utoipa::path(get, path = "/api/sync/status/{run}", params(("run" = String, Path)),
+    responses((status = 200), (status = 401), (status = 404)))]
+pub async fn status(
+    caller: Caller,
+    State(state): State<Shared>,
+    UrlPath(run): UrlPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let answer = blocking(&state, move |state, store| {
+        let (_, folder) = open_run(state, store, &caller, &run, false)?;
+        state.records.settle(); // counts include every upload answered before this request
+        let pushes = store.last_syncs(&caller.party, &run)?;
+        let replicas: Vec<_> = caller
+            .policy
+            .databases
+            .iter()
+            .map(|database| {
+                serde_json::json!({
+                    "database": database,
+                    "bytes": folder.database_size(database),
+                    "last_push": pushes.iter().find(|p| &p.database == database).map(|p| serde_json::json!({
+                        "at": rfc3339(p.started_at), "seconds": p.seconds, "exit": p.exit,
+                        "ok": p.exit == "0", "replica_bytes": p.replica_bytes })),
+                })
+            })
+            .collect();
+        let analysis: Vec<_> = store
+            .file_counts(&caller.party, &run)?
+            .into_iter()
+            .map(|(subdir, files, newest)| {
+                serde_json::json!({ "subdir": subdir, "files": files, "newest_upload": rfc3339(newest) })
+            })
+            .collect();
+        let registered = store.run(&run)?;
+        Ok(serde_json::json!({ "run": run, "party": caller.party, "replicas": replicas, "analysis": analysis,
+            "template_name": registered.as_ref().and_then(|r| r.template_name.clone()),
+            "ecosystem_variant": registered.as_ref().and_then(|r| r.ecosystem_variant.clone()),
+            "started_at": registered.and_then(|r| r.started_at) }))
+    })
+    .await?;
+    Ok(Json(answer))
+}

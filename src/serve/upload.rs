@@ -1,0 +1,472 @@
+//! `POST /api/sync/analysis/RUN`: analysis files, as the workers upload them (multipart, a `subdir` field before one
+//! or more `file` parts) or as a raw body (`?filename=&subdir=`). Each file lands whole or not at all, through
+//! `fs::landing`, before the 200.
+//!
+//! A small file is held in memory until its last byte (within a budget shared by all uploads) and then written,
+//! synced and renamed in one trip to a blocking thread; a larger one streams into its temp file as it arrives.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::state::{blocking, off_thread, Shared};
+use super::sync_api::open_run;
+use crate::access::Headroom;
+use crate::fs::confine::{open_beneath, ConfineError, PartyTree};
+use crate::fs::landing::{DirSyncer, PendingFile, StoredFile};
+use crate::log::{Line, SERVE};
+use crate::names::{check_file_name, check_subdir, DEFAULT_SUBDIR};
+use crate::store::FileRecord;
+use crate::time::now;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Files up to this size are held in memory until their last byte and then written, synced and renamed in one
+/// trip to a blocking thread; larger ones stream to their temp file as they arrive.
+const SMALL_FILE_BYTES: usize = 256 * 1024;
+/// What all small files being received may hold in memory at once; beyond it they stream too, so memory stays
+/// bounded whatever the number of clients.
+const SMALL_FILES_BUDGET: usize = 16 * 1024 * 1024;
+/// Files made durable at once: enough concurrent fsyncs for the disk to merge their flushes, few enough that the
+/// blocking threads stay free for the store lookups every request needs.
+const DISK_SLOTS: usize = 32;
+/// How long a party's measured usage is trusted before the tree is walked again.
+const USAGE_REFRESH: Duration = Duration::from_secs(30);
+
+/// The upload path's shared state.
+pub struct Uploads {
+    dir_syncer: DirSyncer,
+    disk_slots: tokio::sync::Semaphore,
+    /// Bytes of small files held in memory while they arrive (bounded by `SMALL_FILES_BUDGET`).
+    held_bytes: AtomicUsize,
+    usage: Mutex<HashMap<String, Usage>>,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            dir_syncer: DirSyncer::default(),
+            disk_slots: tokio::sync::Semaphore::new(DISK_SLOTS),
+            held_bytes: AtomicUsize::new(0),
+            usage: Mutex::default(),
+        }
+    }
+}
+
+/// A party's bytes on disk: measured by a walk now and then, kept current by the uploads in between.
+struct Usage {
+    bytes: u64,
+    measured: Instant,
+}
+
+impl Uploads {
+    /// The party's bytes on disk now (replicas and analysis files alike).
+    fn usage(&self, tree: &PartyTree) -> Result<u64, ConfineError> {
+        if let Ok(usage) = self.usage.lock() {
+            if let Some(known) = usage.get(tree.party()) {
+                if known.measured.elapsed() < USAGE_REFRESH {
+                    return Ok(known.bytes);
+                }
+            }
+        }
+        let bytes = tree.usage_bytes()?;
+        if let Ok(mut usage) = self.usage.lock() {
+            usage.insert(tree.party().to_owned(), Usage { bytes, measured: Instant::now() });
+        }
+        Ok(bytes)
+    }
+
+    fn add_usage(&self, party: &str, added: u64, removed: u64) {
+        if let Ok(mut usage) = self.usage.lock() {
+            if let Some(known) = usage.get_mut(party) {
+                known.bytes = known.bytes.saturating_add(added).saturating_sub(removed);
+            }
+        }
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct RawUploadQuery {
+    /// For a raw body: the file's name.
+    filename: Option<String>,
+    /// For a raw body: the folder (default analysisResults).
+    subdir: Option<String>,
+}
+
+/// What one upload request needs, resolved once.
+struct UploadTarget {
+    caller: Caller,
+    run: String,
+    run_fd: Arc<OwnedFd>,
+    quota_left: Option<u64>,
+}
+
+/// Upload analysis files: `multipart/form-data` with a `subdir` field before one or more `file` parts, or a raw
+/// body with `?filename=&subdir=`. Each file lands whole or not at all.
+#[utoipa::path(post, path = "/api/sync/analysis/{run}", params(("run" = String, Path), RawUploadQuery),
+    request_body(content_type = "multipart/form-data", description = "subdir field, then file parts"),
+    responses((status = 200, description = "{\"stored\": [names]}"), (status = 400), (status = 401), (status = 403),
+        (status = 404), (status = 413), (status = 429), (status = 507)))]
+pub async fn upload(
+    caller: Caller,
+    State(state): State<Shared>,
+    UrlPath(run): UrlPath<String>,
+    Query(query): Query<RawUploadQuery>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let announced = announced_sha256(
+        headers.get("repr-digest").and_then(|v| v.to_str().ok()),
+        headers.get("x-content-sha256").and_then(|v| v.to_str().ok()),
+    )
+    .map_err(ApiError::BadDigestHeader)?;
+    let target = blocking(&state, move |state, store| {
+        let (tree, folder) = open_run(state, store, &caller, &run, false)?;
+        let headroom = Headroom::of(&caller.policy.limits, || state.uploads.usage(&tree)).map_err(ApiError::Confine)?;
+        if let (Headroom::Full { .. }, Some(quota)) = (headroom, caller.policy.limits.max_party_bytes) {
+            return Err(ApiError::AtQuota { party: caller.party.clone(), quota: quota.to_string() });
+        }
+        Ok(UploadTarget { quota_left: headroom.left(), caller, run, run_fd: Arc::new(folder.fd) })
+    })
+    .await?;
+
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let stored = if content_type.starts_with("multipart/form-data") {
+        receive_form(&state, &target, request, announced).await?
+    } else {
+        let name = query.filename.clone().ok_or_else(|| {
+            ApiError::BadForm("send multipart/form-data, or a raw body with ?filename=NAME&subdir=FOLDER".into())
+        })?;
+        let subdir = query.subdir.clone().unwrap_or_else(|| DEFAULT_SUBDIR.to_owned());
+        let body = request.into_body().into_data_stream();
+        vec![receive_file(&state, &target, &subdir, &name, body, 0, announced).await?]
+    };
+    Ok(Json(serde_json::json!({ "stored": stored.iter().map(|f| &f.name).collect::<Vec<_>>(), "files": stored })))
+}
+
+/// The worker's form: a `subdir` field, then `file` parts, each landed as it ends.
+async fn receive_form(
+    state: &Shared,
+    target: &UploadTarget,
+    request: Request,
+    announced: Option<[u8; 32]>,
+) -> Result<Vec<StoredFile>, ApiError> {
+    let mut multipart = axum::extract::Multipart::from_request(request, &())
+        .await
+        .map_err(|e| ApiError::BadForm(format!("not a multipart body: {}", e.body_text())))?;
+    let mut subdir = DEFAULT_SUBDIR.to_owned();
+    let mut stored: Vec<StoredFile> = Vec::new();
+    let mut files = 0;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::BadForm(format!("the multipart body is broken: {}", e.body_text())))?
+    {
+        match field.name() {
+            Some("subdir") => {
+                let text = field.text().await.map_err(|e| ApiError::BadForm(e.body_text()))?;
+                subdir = text.trim().to_owned();
+            }
+            Some("file") => {
+                files += 1;
+                let name = field.file_name().unwrap_or_default().to_owned();
+                let digest = if files == 1 { announced } else { None };
+                let earlier = stored.iter().map(|f| f.bytes).sum();
+                stored.push(receive_file(state, target, &subdir, &name, field, earlier, digest).await?);
+            }
+            other => {
+                let other = other.unwrap_or("");
+                return Err(ApiError::BadForm(format!(
+                    "unexpected form field {other:?}: send a subdir field, then file parts"
+                )));
+            }
+        }
+    }
+    if stored.is_empty() {
+        return Err(ApiError::BadForm("no file part in the form: send it as name=\"file\"".into()));
+    }
+    if files > 1 && announced.is_some() {
+        // Digest headers describe one file; with several, nothing said which one.
+        Line::of(SERVE)
+            .field("event", "digest-ignored")
+            .field("reason", "several-files")
+            .field("run", &target.run)
+            .to_stderr();
+    }
+    Ok(stored)
+}
+
+/// Receives one file's body and puts it in place: whole, or not at all.
+async fn receive_file<E: std::fmt::Display>(
+    state: &Shared,
+    target: &UploadTarget,
+    subdir: &str,
+    name: &str,
+    body: impl futures_util::Stream<Item = Result<Bytes, E>>,
+    earlier: u64,
+    digest: Option<[u8; 32]>,
+) -> Result<StoredFile, ApiError> {
+    let segments = check_destination(target, subdir, name)?;
+    let mut body = std::pin::pin!(body);
+    let mut held = HeldChunks::new(&state.uploads.held_bytes);
+    let mut streaming: Option<PendingFile> = None;
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BrokenOff(e.to_string()))?;
+        received += chunk.len() as u64;
+        check_limits(target, name, received, earlier)?;
+        let chunk = match &mut streaming {
+            None => match held.keep(chunk) {
+                Ok(()) => continue,
+                Err(chunk) => chunk,
+            },
+            Some(_) => chunk,
+        };
+        let pending = match &mut streaming {
+            Some(pending) => pending,
+            None => {
+                let mut pending = open_pending(target, segments.clone(), name).await?;
+                pending.write_chunks(&held.hand_over()).map_err(write_failed)?;
+                streaming.insert(pending)
+            }
+        };
+        pending.write_chunks(&[chunk]).map_err(write_failed)?;
+    }
+    let received = match streaming {
+        Some(pending) => Received::Streamed(pending),
+        None => Received::Held { run_fd: target.run_fd.clone(), segments, chunks: std::mem::take(&mut held.chunks) },
+    };
+    let stored = put_in_place(state, target, subdir, name, received, digest).await;
+    drop(held);
+    stored
+}
+
+fn write_failed(error: std::io::Error) -> ApiError {
+    ApiError::Storage(format!("cannot write the file: {error}"))
+}
+
+/// The folder segments and name of a file part, checked before any of its bytes are read.
+fn check_destination(target: &UploadTarget, subdir: &str, name: &str) -> Result<Vec<String>, ApiError> {
+    let segments = check_subdir(subdir)?.into_iter().map(str::to_owned).collect();
+    check_file_name(name, &target.caller.policy.uploads.extensions)?;
+    Ok(segments)
+}
+
+/// The per-file limit (413) and the party's quota (507), as the bytes arrive.
+fn check_limits(target: &UploadTarget, name: &str, received: u64, earlier: u64) -> Result<(), ApiError> {
+    let limit = target.caller.policy.uploads.max_file_bytes;
+    if received > limit.0 {
+        return Err(ApiError::TooLarge { name: name.to_owned(), limit: limit.to_string() });
+    }
+    if target.quota_left.is_some_and(|left| earlier + received > left) {
+        return Err(ApiError::OverQuota { party: target.caller.party.clone() });
+    }
+    Ok(())
+}
+
+/// Creates the temp file of a file that streams (its folder is created on the way).
+async fn open_pending(target: &UploadTarget, segments: Vec<String>, name: &str) -> Result<PendingFile, ApiError> {
+    let run_fd = target.run_fd.clone();
+    let name = name.to_owned();
+    off_thread(move || begin_in(&run_fd, &segments, &name)).await
+}
+
+fn begin_in(run_fd: &OwnedFd, segments: &[String], name: &str) -> Result<PendingFile, ApiError> {
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let dir = open_beneath(run_fd, &segments, true)
+        .map_err(|e| ApiError::FolderConflict(format!("cannot use folder {}: {e}", segments.join("/"))))?
+        .ok_or_else(|| ApiError::Internal("folder vanished".into()))?;
+    PendingFile::begin(Arc::new(dir), name).map_err(|e| ApiError::Internal(format!("cannot store the file: {e}")))
+}
+
+/// A file whose last byte has arrived.
+enum Received {
+    /// Already in its temp file.
+    Streamed(PendingFile),
+    /// Still in memory: written, synced and renamed in the same trip.
+    Held { run_fd: Arc<OwnedFd>, segments: Vec<String>, chunks: Vec<Bytes> },
+}
+
+/// Makes the file durable and puts it in place (one trip to a blocking thread), then records and announces it.
+async fn put_in_place(
+    state: &Shared,
+    target: &UploadTarget,
+    subdir: &str,
+    name: &str,
+    received: Received,
+    digest: Option<[u8; 32]>,
+) -> Result<StoredFile, ApiError> {
+    let (shared, party, run, subdir_owned, name_owned) =
+        (state.clone(), target.caller.party.clone(), target.run.clone(), subdir.to_owned(), name.to_owned());
+    let _slot = state.uploads.disk_slots.acquire().await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let stored = off_thread(move || {
+        let pending = match received {
+            Received::Streamed(pending) => pending,
+            Received::Held { run_fd, segments, chunks } => {
+                let mut pending = begin_in(&run_fd, &segments, &name_owned)?;
+                pending.write_chunks(&chunks).map_err(write_failed)?;
+                pending
+            }
+        };
+        let stored = pending.finish_with(digest.as_ref(), &shared.uploads.dir_syncer)?;
+        shared.records.remember(FileRecord {
+            party: party.clone(),
+            run,
+            subdir: subdir_owned,
+            name: stored.name.clone(),
+            size: stored.bytes,
+            mtime_ns: stored.modified_ns,
+            sha256: stored.sha256.clone(),
+            stored_at: now(),
+        });
+        shared.uploads.add_usage(&party, stored.bytes, stored.replaced_bytes);
+        Ok(stored)
+    })
+    .await?;
+    state.metrics.add("evosync_upload_bytes_total", stored.bytes);
+    state.metrics.add("evosync_uploads_total", 1);
+    let event = serde_json::json!({ "type": "upload", "party": target.caller.party, "key": target.caller.key_id,
+        "run": target.run, "subdir": subdir, "name": stored.name, "bytes": stored.bytes, "sha256": stored.sha256,
+        "replaced": stored.replaced_bytes > 0, "at": now() });
+    Line::of(SERVE).field("event", "upload").payload(&event).to_stderr();
+    state.announce(&event);
+    Ok(stored)
+}
+
+/// A small file's chunks, held against the shared budget until the file is written or dropped.
+struct HeldChunks<'a> {
+    budget: &'a AtomicUsize,
+    chunks: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl<'a> HeldChunks<'a> {
+    fn new(budget: &'a AtomicUsize) -> Self {
+        HeldChunks { budget, chunks: Vec::new(), bytes: 0 }
+    }
+
+    /// Keeps `chunk` if the file is still small and the budget allows; gives it back otherwise.
+    fn keep(&mut self, chunk: Bytes) -> Result<(), Bytes> {
+        if self.bytes + chunk.len() > SMALL_FILE_BYTES {
+            return Err(chunk);
+        }
+        let reserved = self.budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + chunk.len() <= SMALL_FILES_BUDGET).then_some(used + chunk.len())
+        });
+        if reserved.is_err() {
+            return Err(chunk);
+        }
+        self.bytes += chunk.len();
+        self.chunks.push(chunk);
+        Ok(())
+    }
+
+    /// The chunks, for a file that streams from here on; their bytes go back to the budget.
+    fn hand_over(&mut self) -> Vec<Bytes> {
+        self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.bytes = 0;
+        std::mem::take(&mut self.chunks)
+    }
+}
+
+impl Drop for HeldChunks<'_> {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The SHA-256 a request announces: `Repr-Digest: sha-256=:BASE64:` (RFC 9530) or `X-Content-SHA256: HEX`.
+pub fn announced_sha256(repr_digest: Option<&str>, x_content_sha256: Option<&str>) -> Result<Option<[u8; 32]>, String> {
+    if let Some(value) = repr_digest {
+        for member in value.split(',') {
+            let member = member.trim();
+            if let Some(encoded) = member.strip_prefix("sha-256=:").and_then(|m| m.strip_suffix(':')) {
+                let bytes = base64_decode(encoded).ok_or("Repr-Digest: sha-256 is not valid base64")?;
+                return bytes.try_into().map(Some).map_err(|_| "Repr-Digest: sha-256 is not 32 bytes".to_owned());
+            }
+        }
+    }
+    if let Some(value) = x_content_sha256 {
+        let value = value.trim();
+        if value.len() != 64 {
+            return Err("X-Content-SHA256 must be 64 hex digits".into());
+        }
+        return crate::time::from_hex::<32>(value).map(Some).ok_or_else(|| "X-Content-SHA256 is not hex".into());
+    }
+    Ok(None)
+}
+
+/// Standard base64 with padding, as RFC 9530 byte sequences use.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.trim_end_matches('=').as_bytes();
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let take = chunk.len() - 1;
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + take]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::hex;
+
+    #[test]
+    fn small_files_are_held_within_the_budget_and_give_it_back() {
+        let budget = AtomicUsize::new(0);
+        let mut held = HeldChunks::new(&budget);
+        assert!(held.keep(Bytes::from(vec![0u8; 1000])).is_ok());
+        assert!(held.keep(Bytes::from(vec![0u8; SMALL_FILE_BYTES])).is_err(), "over the size of a small file");
+        assert_eq!(budget.load(Ordering::Acquire), 1000);
+        drop(held);
+        assert_eq!(budget.load(Ordering::Acquire), 0);
+
+        let budget = AtomicUsize::new(SMALL_FILES_BUDGET - 10);
+        let mut held = HeldChunks::new(&budget);
+        assert!(held.keep(Bytes::from(vec![0u8; 20])).is_err(), "the budget is spent: the file streams instead");
+        assert!(held.keep(Bytes::from(vec![0u8; 10])).is_ok());
+        assert_eq!(held.hand_over().len(), 1);
+        assert_eq!(budget.load(Ordering::Acquire), SMALL_FILES_BUDGET - 10, "handed over, the bytes are free");
+        drop(held);
+        assert_eq!(budget.load(Ordering::Acquire), SMALL_FILES_BUDGET - 10);
+    }
+
+    #[test]
+    fn announced_digests() {
+        // sha-256 of "hello"
+        let hex_digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let b64 = "LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";
+        let from_hex = announced_sha256(None, Some(hex_digest)).unwrap().unwrap();
+        let from_repr = announced_sha256(Some(&format!("sha-512=:AAAA:, sha-256=:{b64}:")), None).unwrap().unwrap();
+        assert_eq!(from_hex, from_repr);
+        assert_eq!(hex(&from_hex), hex_digest);
+        assert!(announced_sha256(Some("sha-256=:@@@@:"), None).is_err());
+        assert!(announced_sha256(None, Some("abc")).is_err());
+        assert_eq!(announced_sha256(None, None).unwrap(), None);
+    }
+}

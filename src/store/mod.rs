@@ -1,0 +1,307 @@
+//! The state store: SQLite at `state_dir/state.db` (WAL, foreign keys, a busy timeout, migrations by
+//! `user_version`). This file opens and migrates it; each table group has a file of its own: `parties`, `keys`
+//! (SSH keys, API keys, admin tokens), `runs` (runs and their analysis files), `ledger` (the pushes the gate ran)
+//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision).
+
+mod audit_chain;
+mod keys;
+mod ledger;
+mod parties;
+mod runs;
+
+pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
+pub use keys::{ApiKey, SshKey};
+pub use ledger::LedgerRow;
+pub use parties::Party;
+pub use runs::{FileRecord, Run};
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+pub const STORE_FILE: &str = "state.db";
+
+/// Each entry brings the schema from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE parties (
+    name        TEXT PRIMARY KEY,
+    enabled     INTEGER NOT NULL DEFAULT 1,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE ssh_keys (
+    id            TEXT PRIMARY KEY,
+    party         TEXT NOT NULL REFERENCES parties(name),
+    algorithm     TEXT NOT NULL,
+    blob          TEXT NOT NULL UNIQUE,
+    fingerprint   TEXT NOT NULL UNIQUE,
+    comment       TEXT NOT NULL DEFAULT '',
+    from_cidrs    TEXT NOT NULL DEFAULT '',
+    expires_at    INTEGER,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    last_used_at  INTEGER
+);
+CREATE INDEX ssh_keys_party ON ssh_keys(party);
+CREATE TABLE api_keys (
+    id            TEXT PRIMARY KEY,
+    party         TEXT NOT NULL REFERENCES parties(name),
+    name          TEXT NOT NULL DEFAULT '',
+    secret_hash   TEXT NOT NULL,
+    expires_at    INTEGER,
+    created_at    INTEGER NOT NULL,
+    revoked_at    INTEGER,
+    last_used_at  INTEGER
+);
+CREATE INDEX api_keys_party ON api_keys(party);
+CREATE TABLE runs (
+    name              TEXT PRIMARY KEY,
+    party             TEXT NOT NULL REFERENCES parties(name),
+    created_at        INTEGER NOT NULL,
+    template_name     TEXT,
+    ecosystem_variant TEXT,
+    started_at        TEXT
+);
+CREATE INDEX runs_party ON runs(party);
+CREATE TABLE sync_ledger (
+    id             INTEGER PRIMARY KEY,
+    party          TEXT NOT NULL,
+    key_id         TEXT,
+    run            TEXT NOT NULL,
+    database       TEXT NOT NULL,
+    started_at     INTEGER NOT NULL,
+    seconds        REAL NOT NULL,
+    exit           TEXT NOT NULL,
+    replica_bytes  INTEGER
+);
+CREATE INDEX sync_ledger_run ON sync_ledger(party, run, database, id);
+CREATE TABLE audit (
+    seq        INTEGER PRIMARY KEY,
+    at         INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    party      TEXT NOT NULL DEFAULT '',
+    subject    TEXT NOT NULL DEFAULT '',
+    outcome    TEXT NOT NULL,
+    detail     TEXT NOT NULL DEFAULT '',
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE TABLE admin_tokens (
+    id          TEXT PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+"#,
+    r#"
+CREATE TABLE analysis_files (
+    party      TEXT NOT NULL,
+    run        TEXT NOT NULL,
+    subdir     TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    mtime_ns   INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    stored_at  INTEGER NOT NULL,
+    PRIMARY KEY (party, run, subdir, name)
+) WITHOUT ROWID;
+"#,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the state store failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the state store {path} cannot be opened: {source} (run `evosync init`, or check state_dir)")]
+    Open { path: String, source: rusqlite::Error },
+    #[error("the state store has schema version {found}; this evosync knows up to {known} (upgrade evosync)")]
+    TooNew { found: i64, known: i64 },
+    #[error("there is no party '{0}' (evosync party add {0})")]
+    NoSuchParty(String),
+    #[error("party '{0}' exists already")]
+    PartyExists(String),
+    #[error("this key ({fingerprint}) is registered already, to party '{party}'; one key names one party")]
+    KeyRegistered { fingerprint: String, party: String },
+    #[error("there is no SSH key '{0}' (give its id or its SHA256: fingerprint)")]
+    NoSuchSshKey(String),
+    #[error("there is no API key '{0}'")]
+    NoSuchApiKey(String),
+    #[error("run '{run}' belongs to another party")]
+    RunOwned { run: String, owner: String },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn =
+            Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let store = Store::configure(conn)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store without creating it, for the gate and AuthorizedKeysCommand: cheap, and a missing
+    /// store is an error rather than an empty one.
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let store = Store::configure(conn)?;
+        let version: i64 = store.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version != MIGRATIONS.len() as i64 {
+            store.migrate()?;
+        }
+        Ok(store)
+    }
+
+    fn configure(conn: Connection) -> Result<Store> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // Every gate and AuthorizedKeysCommand process is the last connection when it closes; without this each
+        // would checkpoint (and fsync) on its way out. Checkpoints then come from the automatic ones instead.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+        // journal_mode=WAL is persistent; asking again on every open costs a write lock check, so ask only when needed.
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))?;
+        }
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+        Ok(Store { conn })
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { found: version, known });
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Runs `f` in one transaction (bulk inserts for benchmarks and imports).
+    pub fn in_transaction<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        let tx = self.conn.unchecked_transaction()?;
+        let value = f(self)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Direct access for tests that must tamper with the store.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn is_constraint(error: &rusqlite::Error) -> bool {
+    matches!(error, rusqlite::Error::SqliteFailure(e, _) if e.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::now;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
+        (dir, store)
+    }
+
+    fn key(id: &str, party: &str, blob: &str) -> SshKey {
+        SshKey {
+            id: id.into(),
+            party: party.into(),
+            algorithm: "ssh-ed25519".into(),
+            blob: blob.into(),
+            fingerprint: format!("SHA256:{blob}"),
+            comment: String::new(),
+            from: vec![],
+            expires_at: None,
+            created_at: now(),
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
+    #[test]
+    fn migrations_run_once_and_reopen_cheaply() {
+        let (dir, store) = store();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        drop(store);
+        let again = Store::open_existing(&dir.path().join(STORE_FILE)).unwrap();
+        assert_eq!(again.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert!(Store::open_existing(&dir.path().join("missing.db")).is_err());
+    }
+
+    #[test]
+    fn one_key_names_one_party_and_one_run_belongs_to_one_party() {
+        let (_dir, store) = store();
+        store.add_party("acme").unwrap();
+        store.add_party("beta").unwrap();
+        assert!(matches!(store.add_party("acme"), Err(StoreError::PartyExists(_))));
+        store.add_ssh_key(&key("k1", "acme", "AAA")).unwrap();
+        match store.add_ssh_key(&key("k2", "beta", "AAA")) {
+            Err(StoreError::KeyRegistered { party, .. }) => assert_eq!(party, "acme"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(store.add_ssh_key(&key("k3", "nobody", "BBB")), Err(StoreError::NoSuchParty(_))));
+        assert!(store.claim_run("acme", "R1").unwrap());
+        assert!(!store.claim_run("acme", "R1").unwrap());
+        assert!(matches!(store.claim_run("beta", "R1"), Err(StoreError::RunOwned { .. })));
+    }
+
+    #[test]
+    fn revoked_expired_and_disabled_keys_are_not_active() {
+        let (_dir, store) = store();
+        store.add_party("acme").unwrap();
+        store.add_ssh_key(&key("live", "acme", "A")).unwrap();
+        store.add_ssh_key(&key("gone", "acme", "B")).unwrap();
+        store.add_ssh_key(&SshKey { expires_at: Some(now() - 10), ..key("old", "acme", "C") }).unwrap();
+        store.revoke_ssh_key("SHA256:B").unwrap();
+        let active: Vec<String> =
+            crate::access::active_ssh_keys(&store, now()).unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(active, ["live"]);
+        store.set_party_enabled("acme", false).unwrap();
+        assert!(crate::access::active_ssh_keys(&store, now()).unwrap().is_empty());
+        let (found, enabled) = store.ssh_key_by_blob("ssh-ed25519", "A").unwrap().unwrap();
+        assert_eq!((found.id.as_str(), enabled), ("live", false));
+    }
+
+    #[test]
+    fn the_audit_chain_verifies_and_finds_the_first_break() {
+        let (_dir, store) = store();
+        for n in 0..5 {
+            let subject = n.to_string();
+            store
+                .append_audit(&AuditEntry {
+                    actor: "admin",
+                    action: "test",
+                    subject: &subject,
+                    outcome: "ok",
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        assert_eq!(store.verify_audit().unwrap(), ChainCheck::Intact { records: 5 });
+        store.connection().execute("UPDATE audit SET detail = 'edited' WHERE seq = 3", []).unwrap();
+        assert!(matches!(store.verify_audit().unwrap(), ChainCheck::Broken { seq: 3, .. }));
+        store.connection().execute("UPDATE audit SET detail = '' WHERE seq = 3", []).unwrap();
+        store.connection().execute("DELETE FROM audit WHERE seq = 2", []).unwrap();
+        assert!(matches!(store.verify_audit().unwrap(), ChainCheck::Broken { seq: 3, .. }));
+    }
+}
