@@ -38,6 +38,36 @@ pub struct Config {
     /// Where `evosync serve` listens; loopback unless the administrator says otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Bounds on the HTTP service's connections: how many, and how long each may idle or stall.
+    #[serde(default)]
+    pub http: HttpLimits,
+    /// Serve `/metrics` only on this address (e.g. `127.0.0.1:9464`); the main listener then answers 404 for it.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Connections open at once; the next one waits in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers (the first request's and each later one's).
+    pub header_timeout_seconds: u64,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub idle_timeout_seconds: u64,
+    /// How long a request body may deliver nothing before the request is dropped (and its temp file removed).
+    pub body_stall_seconds: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 4096,
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 60,
+            body_stall_seconds: 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -129,8 +159,23 @@ impl Config {
                 config.gate.display()
             ));
         }
-        if config.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(format!("listen must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", config.listen));
+        for (key, address) in [("listen", Some(&config.listen)), ("metrics_listen", config.metrics_listen.as_ref())] {
+            if address.is_some_and(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+                return Err(format!("{key} must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", address.unwrap()));
+            }
+        }
+        let http = &config.http;
+        if http.max_connections == 0 || http.max_connections > 1_000_000 {
+            return Err("http.max_connections: must be between 1 and 1000000".into());
+        }
+        for (key, seconds) in [
+            ("http.header_timeout_seconds", http.header_timeout_seconds),
+            ("http.idle_timeout_seconds", http.idle_timeout_seconds),
+            ("http.body_stall_seconds", http.body_stall_seconds),
+        ] {
+            if seconds == 0 {
+                return Err(format!("{key}: must be at least 1"));
+            }
         }
         Ok(config)
     }
@@ -171,6 +216,13 @@ mod tests {
         let config = Config::parse(MINIMAL).unwrap();
         assert_eq!(config.syslog_facility, SyslogFacility::Auth);
         assert_eq!(config.lock_wait_seconds, 30);
+        assert_eq!(config.http, HttpLimits::default());
+        assert!(Config::parse(&format!("{MINIMAL}http:\n  max_connections: 0\n"))
+            .unwrap_err()
+            .contains("max_connections"));
+        assert!(Config::parse(&format!("{MINIMAL}http:\n  max_conections: 5\n"))
+            .unwrap_err()
+            .contains("unknown field"));
         assert_eq!(config.policy_path("acme"), Path::new("/etc/evosync/policies/acme.yaml"));
     }
 

@@ -35,6 +35,8 @@ pub struct Uploads {
     pub max_file_bytes: ByteSize,
     /// Requests per second to the sync endpoints (a token bucket with this many in reserve).
     pub requests_per_second: u32,
+    /// File parts one upload request may carry.
+    pub max_parts_per_request: u32,
 }
 
 impl Default for Uploads {
@@ -43,6 +45,7 @@ impl Default for Uploads {
             extensions: vec![".json.gz".into(), ".json".into()],
             max_file_bytes: ByteSize(200_000_000),
             requests_per_second: 200,
+            max_parts_per_request: 256,
         }
     }
 }
@@ -54,6 +57,10 @@ pub struct Limits {
     pub max_party_bytes: Option<ByteSize>,
     pub max_concurrent_syncs: u32,
     pub max_sync_seconds: u64,
+    /// Memory the sqlite3_rsync child of a push may use (cgroup v2 memory.max, else RLIMIT_AS).
+    pub max_sync_memory: ByteSize,
+    /// Files and folders in the party's tree.
+    pub max_party_files: u64,
 }
 
 impl Default for Limits {
@@ -64,6 +71,8 @@ impl Default for Limits {
             max_party_bytes: None,
             max_concurrent_syncs: 4,
             max_sync_seconds: 3600,
+            max_sync_memory: ByteSize(1 << 30),
+            max_party_files: 100_000,
         }
     }
 }
@@ -99,6 +108,7 @@ struct UploadsFile {
     extensions: Option<Vec<String>>,
     max_file_bytes: Option<ByteSize>,
     requests_per_second: Option<u32>,
+    max_parts_per_request: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +119,8 @@ struct LimitsFile {
     max_party_bytes: Option<ByteSize>,
     max_concurrent_syncs: Option<u32>,
     max_sync_seconds: Option<u64>,
+    max_sync_memory: Option<ByteSize>,
+    max_party_files: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +184,8 @@ impl Policy {
             max_party_bytes: file.limits.max_party_bytes,
             max_concurrent_syncs: file.limits.max_concurrent_syncs.unwrap_or(defaults.max_concurrent_syncs),
             max_sync_seconds: file.limits.max_sync_seconds.unwrap_or(defaults.max_sync_seconds),
+            max_sync_memory: file.limits.max_sync_memory.unwrap_or(defaults.max_sync_memory),
+            max_party_files: file.limits.max_party_files.unwrap_or(defaults.max_party_files),
         };
         if limits.max_concurrent_syncs == 0 || limits.max_concurrent_syncs > 64 {
             return Err("limits.max_concurrent_syncs: must be between 1 and 64".into());
@@ -182,11 +196,18 @@ impl Policy {
         if limits.max_db_bytes.0 == 0 {
             return Err("limits.max_db_bytes: must be more than 0".into());
         }
+        if limits.max_sync_memory.0 < 16 << 20 {
+            return Err("limits.max_sync_memory: must be at least 16MiB (sqlite3_rsync needs some to start)".into());
+        }
+        if limits.max_party_files == 0 {
+            return Err("limits.max_party_files: must be at least 1".into());
+        }
         let upload_defaults = Uploads::default();
         let uploads = Uploads {
             extensions: file.uploads.extensions.unwrap_or(upload_defaults.extensions),
             max_file_bytes: file.uploads.max_file_bytes.unwrap_or(upload_defaults.max_file_bytes),
             requests_per_second: file.uploads.requests_per_second.unwrap_or(upload_defaults.requests_per_second),
+            max_parts_per_request: file.uploads.max_parts_per_request.unwrap_or(upload_defaults.max_parts_per_request),
         };
         for extension in &uploads.extensions {
             let plain = extension.starts_with('.')
@@ -200,6 +221,9 @@ impl Policy {
         }
         if uploads.requests_per_second == 0 {
             return Err("uploads.requests_per_second: must be at least 1".into());
+        }
+        if uploads.max_parts_per_request == 0 {
+            return Err("uploads.max_parts_per_request: must be at least 1".into());
         }
         Ok(Policy {
             uploads,
