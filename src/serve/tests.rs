@@ -44,7 +44,7 @@ impl Rig {
             std::fs::write(config.policy_path(party), policy).unwrap();
             keys.push(admin.issue_api_key(party, None, None).unwrap().api_key);
         }
-        let admin_token = admin.issue_admin_token().unwrap();
+        let admin_token = admin.issue_admin_token(None, None).unwrap().admin_token;
         drop(admin);
         let state = AppState::new(config, config_path);
         Rig { _dir: dir, state, beta_key: keys.pop().unwrap(), acme_key: keys.pop().unwrap(), admin_token }

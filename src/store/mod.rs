@@ -10,7 +10,7 @@ mod parties;
 mod runs;
 
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
-pub use keys::{ApiKey, SshKey};
+pub use keys::{AdminToken, ApiKey, SshKey};
 pub use ledger::LedgerRow;
 pub use parties::Party;
 pub use runs::{FileRecord, Run};
@@ -106,6 +106,16 @@ CREATE TABLE analysis_files (
     PRIMARY KEY (party, run, subdir, name)
 ) WITHOUT ROWID;
 "#,
+    // Admin tokens get a name, an expiry, a revocation and a last use. Tokens issued before this version had no
+    // expiry; they get the default lifetime (`admin::ADMIN_TOKEN_DAYS`, 90 days) counted from the upgrade, so
+    // none stops working at once and none lives for ever.
+    r#"
+ALTER TABLE admin_tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER;
+ALTER TABLE admin_tokens ADD COLUMN revoked_at INTEGER;
+ALTER TABLE admin_tokens ADD COLUMN last_used_at INTEGER;
+UPDATE admin_tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 90 * 86400 WHERE expires_at IS NULL;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +136,8 @@ pub enum StoreError {
     NoSuchSshKey(String),
     #[error("there is no API key '{0}'")]
     NoSuchApiKey(String),
+    #[error("there is no admin token '{0}' (evosync admin-token list)")]
+    NoSuchAdminToken(String),
     #[error("run '{run}' belongs to another party")]
     RunOwned { run: String, owner: String },
 }
