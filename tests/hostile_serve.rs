@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{evosync_json, http, noise, Service};
+use common::{evosync_json, http, noise, KeepAlive, Service};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -254,54 +254,6 @@ fn row5_form_fields_part_headers_and_parts_are_bounded() {
     assert!(!host.analysis_dir().join("a/b/c/d").exists());
     let log = host.service.log();
     assert_eq!(log.lines().filter(|l| l.contains("event=refuse reason=body-limit status=413")).count(), 3, "{log}");
-}
-
-/// A keep-alive HTTP/1.1 client: one request at a time on one connection.
-struct KeepAlive {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl KeepAlive {
-    fn connect(port: u16) -> std::io::Result<KeepAlive> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(KeepAlive { stream, buffer: Vec::new() })
-    }
-
-    /// GET `path` with `headers`; the answer's status.
-    fn get(&mut self, path: &str, headers: &str) -> std::io::Result<u16> {
-        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n")?;
-        let end = loop {
-            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end;
-            }
-            self.fill()?;
-        };
-        let head = String::from_utf8_lossy(&self.buffer[..end]).to_ascii_lowercase();
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        while self.buffer.len() < end + 4 + length {
-            self.fill()?;
-        }
-        self.buffer.drain(..end + 4 + length);
-        Ok(status)
-    }
-
-    fn fill(&mut self) -> std::io::Result<()> {
-        let mut chunk = [0u8; 4096];
-        match self.stream.read(&mut chunk)? {
-            0 => Err(ErrorKind::UnexpectedEof.into()),
-            n => {
-                self.buffer.extend_from_slice(&chunk[..n]);
-                Ok(())
-            }
-        }
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

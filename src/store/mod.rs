@@ -261,6 +261,26 @@ mod tests {
     }
 
     #[test]
+    fn admin_tokens_from_before_expiry_existed_get_the_default_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute("INSERT INTO admin_tokens (id, hash, created_at) VALUES ('old', 'h', 1)", []).unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        let token = store.admin_token("old").unwrap().unwrap();
+        let lifetime = token.expires_at.unwrap() - now();
+        assert!((90 * 86_400 - 60..=90 * 86_400).contains(&lifetime), "{lifetime}");
+        assert_eq!((token.revoked_at, token.name.as_str()), (None, ""));
+        assert!(store.revoke_admin_token("old").unwrap().revoked_at.is_some());
+        assert!(matches!(store.revoke_admin_token("nope"), Err(StoreError::NoSuchAdminToken(_))));
+    }
+
+    #[test]
     fn one_key_names_one_party_and_one_run_belongs_to_one_party() {
         let (_dir, store) = store();
         store.add_party("acme").unwrap();
