@@ -442,6 +442,37 @@ fn row4_idle_slow_and_stalled_connections_are_closed_and_leave_nothing() {
     assert!(log.contains("reason=body-stalled status=408"), "{log}");
 }
 
+/// Row 4, the other way round: a client that asks for a large answer and reads none of it is cut off once the
+/// service's writes have been blocked for `http.body_stall_seconds`.
+#[test]
+fn a_client_that_reads_nothing_of_its_answer_is_cut_off() {
+    use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let host = Host::start("hostile-reader", "http:\n  body_stall_seconds: 2\n", "");
+    host.register();
+    // A listing of 25,000 files: some 8 MB of JSON, more than the sockets between us hold (the service's send
+    // buffer grows to 4 MB on loopback).
+    for n in 0..25_000 {
+        std::fs::write(host.analysis_dir().join(format!("coverage_{n:05}_{}.json", "x".repeat(200))), b"").unwrap();
+    }
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+    setsockopt(&fd, sockopt::RcvBuf, &2048).unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, host.port())).unwrap();
+    let mut stream = TcpStream::from(fd);
+    write!(
+        stream,
+        "GET /api/sync/analysis/{RUN}/list HTTP/1.1\r\nHost: x\r\nX-Sync-API-Key: {}\r\n\r\n",
+        host.acme_key
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.service.log().contains("reason=write-stalled") {
+        assert!(Instant::now() < deadline, "the reader that reads nothing is still served: {}", host.service.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(host.service.established_on(host.port()), 0);
+    drop(stream);
+}
+
 /// Row 4, the cap: a connection over `http.max_connections` waits in the backlog until one closes.
 #[test]
 fn connections_over_the_cap_wait_in_the_backlog() {

@@ -6,7 +6,8 @@
 //! - a request head within `http.header_timeout_seconds` (a new connection's first request from the moment it is
 //!   accepted, a later one from its first byte), and no more than `MAX_HEAD_BYTES` of it;
 //! - a kept-alive connection idle for `http.idle_timeout_seconds` between requests is closed;
-//! - every request body is wrapped in `body::StallGuard` (`http.body_stall_seconds`);
+//! - every request body is wrapped in `body::StallGuard` (`http.body_stall_seconds`), and a connection whose writes
+//!   have been blocked that long (a client that does not read its answer) is closed;
 //! - the client's address reaches the handlers as axum's `ConnectInfo<SocketAddr>`;
 //! - on shutdown, no more accepts, idle connections close, requests in flight get `SHUTDOWN_GRACE` to finish.
 //!
@@ -28,7 +29,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -162,15 +163,18 @@ pub async fn serve_connection<IO>(
                 connection.as_mut().graceful_shutdown();
             }
             expiry = clock.expired(timeouts) => {
-                if expiry == Expiry::Header {
-                    Line::of(SERVE)
-                        .field("event", "refuse")
-                        .field("reason", "header-timeout")
-                        .field("message", format!("no complete request head within {} s", timeouts.header.as_secs()))
-                        .field_opt("client", peer)
-                        .to_stderr();
-                }
-                return; // dropping the connection closes it
+                let (reason, message) = match expiry {
+                    Expiry::Idle => return, // an ordinary end of a kept-alive connection; dropping it closes it
+                    Expiry::Header => ("header-timeout", format!("no complete request head within {} s", timeouts.header.as_secs())),
+                    Expiry::WriteStall => ("write-stalled", format!("the client read nothing of its answer for {} s", timeouts.body_stall.as_secs())),
+                };
+                Line::of(SERVE)
+                    .field("event", "refuse")
+                    .field("reason", reason)
+                    .field("message", message)
+                    .field_opt("client", peer)
+                    .to_stderr();
+                return;
             }
         }
     }
@@ -200,6 +204,8 @@ enum Expiry {
     Header,
     /// Kept alive with nothing asked for too long.
     Idle,
+    /// The client has not read what was written to it for `body_stall`.
+    WriteStall,
 }
 
 /// What a connection is doing, as far as its timeouts care.
@@ -216,12 +222,33 @@ struct ConnClock {
     phase: Mutex<Phase>,
     /// True while waiting for the first byte of a request head (read on every read, so kept apart from the lock).
     awaiting_first_byte: AtomicBool,
+    born: Instant,
+    /// Since when the socket has refused our writes, in milliseconds after `born`, plus one; 0 while it takes them.
+    write_blocked_since: AtomicU64,
 }
 
 impl ConnClock {
     fn new() -> ConnClock {
-        let phase = Phase::AwaitingHead { since: Instant::now(), first: true, head_began: None };
-        ConnClock { phase: Mutex::new(phase), awaiting_first_byte: AtomicBool::new(true) }
+        let born = Instant::now();
+        let phase = Phase::AwaitingHead { since: born, first: true, head_began: None };
+        ConnClock {
+            phase: Mutex::new(phase),
+            awaiting_first_byte: AtomicBool::new(true),
+            born,
+            write_blocked_since: AtomicU64::new(0),
+        }
+    }
+
+    /// A write found the socket full (the client is not reading); the clock starts unless it runs already.
+    fn write_blocked(&self) {
+        let since = self.born.elapsed().as_millis() as u64 + 1;
+        let _ = self.write_blocked_since.compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn write_went_through(&self) {
+        if self.write_blocked_since.load(Ordering::Acquire) != 0 {
+            self.write_blocked_since.store(0, Ordering::Release);
+        }
     }
 
     fn bytes_arrived(&self) {
@@ -257,13 +284,22 @@ impl ConnClock {
         }
     }
 
-    /// When the connection expires as things stand, and why; `None` while a request is in flight.
+    /// When the connection expires as things stand, and why; `None` while a request is in flight and its answer
+    /// goes out.
     fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, Expiry)> {
-        match *self.phase.lock().ok()? {
+        let phase = match *self.phase.lock().ok()? {
             Phase::Busy { .. } => None,
             Phase::AwaitingHead { since, first: true, .. } => Some((since + timeouts.header, Expiry::Header)),
             Phase::AwaitingHead { head_began: Some(began), .. } => Some((began + timeouts.header, Expiry::Header)),
             Phase::AwaitingHead { since, .. } => Some((since + timeouts.idle, Expiry::Idle)),
+        };
+        let write = match self.write_blocked_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some((self.born + Duration::from_millis(since - 1) + timeouts.body_stall, Expiry::WriteStall)),
+        };
+        match (phase, write) {
+            (Some(phase), Some(write)) => Some(if write.0 < phase.0 { write } else { phase }),
+            (phase, write) => phase.or(write),
         }
     }
 
@@ -273,8 +309,8 @@ impl ConnClock {
             match self.deadline(timeouts) {
                 Some((at, why)) if at <= Instant::now() => return why,
                 Some((at, _)) => tokio::time::sleep_until(at).await,
-                // Look again later: the request may end, and the connection then idles.
-                None => tokio::time::sleep(timeouts.header.min(timeouts.idle)).await,
+                // Look again later: the request may end and the connection idle, or its writes block.
+                None => tokio::time::sleep(timeouts.header.min(timeouts.idle).min(timeouts.body_stall)).await,
             }
         }
     }
@@ -306,9 +342,21 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     }
 }
 
+impl<IO> Watched<IO> {
+    /// Tells the clock whether the socket took the write.
+    fn wrote<T>(&self, polled: Poll<T>) -> Poll<T> {
+        match polled {
+            Poll::Pending => self.clock.write_blocked(),
+            Poll::Ready(_) => self.clock.write_went_through(),
+        }
+        polled
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -316,7 +364,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         cx: &mut Context<'_>,
         slices: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, slices)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, slices);
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -382,5 +431,48 @@ impl HttpBody for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUTS: Timeouts = Timeouts {
+        header: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        body_stall: Duration::from_secs(30),
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn each_phase_of_a_connection_has_its_deadline() {
+        let clock = Arc::new(ConnClock::new());
+        let born = Instant::now();
+        assert_eq!(clock.deadline(TIMEOUTS), Some((born + TIMEOUTS.header, Expiry::Header)), "the first head");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        clock.bytes_arrived();
+        assert_eq!(clock.deadline(TIMEOUTS), Some((born + TIMEOUTS.header, Expiry::Header)), "counted from accept");
+        let request = clock.begin_request();
+        assert_eq!(clock.deadline(TIMEOUTS), None, "a request in flight takes its time");
+        tokio::time::advance(Duration::from_secs(100)).await;
+        let answered = Instant::now();
+        drop(request);
+        assert_eq!(clock.deadline(TIMEOUTS), Some((answered + TIMEOUTS.idle, Expiry::Idle)), "kept alive");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        clock.bytes_arrived();
+        let next = Instant::now();
+        assert_eq!(clock.deadline(TIMEOUTS), Some((next + TIMEOUTS.header, Expiry::Header)), "from its first byte");
+
+        let request = clock.begin_request();
+        clock.write_blocked();
+        let blocked = Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.write_blocked();
+        assert_eq!(clock.deadline(TIMEOUTS), Some((blocked + TIMEOUTS.body_stall, Expiry::WriteStall)));
+        clock.write_went_through();
+        assert_eq!(clock.deadline(TIMEOUTS), None);
+        drop(request);
+        tokio::time::advance(TIMEOUTS.idle).await;
+        assert_eq!(clock.expired(TIMEOUTS).await, Expiry::Idle);
     }
 }

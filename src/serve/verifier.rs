@@ -8,9 +8,9 @@
 //! - before a hash that is not remembered, a failure is reserved in two token buckets, one per key id and one per
 //!   client address (IPv6 by /64): an empty bucket answers 429 with no hash at all (a success gives the token
 //!   back); the bucket tables are bounded too (`MAX_BUCKETS`) and refuse rather than grow;
-//! - at most as many hashes run at once as there are cores (a semaphore before `spawn_blocking`), each in one of
-//!   as many memory areas that are allocated once and reused (`secrets::verify_secret`): hashing holds at most
-//!   cores x 19 MiB, whichever blocking threads run it.
+//! - at most as many hashes run at once as there are cores, and never more than 4 (a semaphore before
+//!   `spawn_blocking`), each in one of as many memory areas that are allocated once and reused
+//!   (`secrets::verify_secret`): hashing holds at most 4 x 19 MiB, whichever blocking threads run it.
 //!
 //! A remembered success is checked first, before any limit, so a valid caller stays fast while its key id is under
 //! attack.
@@ -38,6 +38,9 @@ const KEY_REFILL: Duration = Duration::from_secs(5);
 /// Failures per client address: a burst of this many, then one per `ADDRESS_REFILL`.
 const ADDRESS_BURST: f64 = 10.0;
 const ADDRESS_REFILL: Duration = Duration::from_secs(1);
+/// Slow hashes at once: as many as there are cores, and never more than this, since each keeps its 19 MiB memory
+/// area for the next (4 areas: 76 MiB at most, whatever the host).
+const MAX_CONCURRENT_HASHES: usize = 4;
 /// Key ids and addresses with a bucket that is not full; past it, new ones are refused with 429.
 const MAX_BUCKETS: usize = 65536;
 
@@ -63,12 +66,13 @@ pub struct Verifier {
 impl Default for Verifier {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let hashing = cores.min(MAX_CONCURRENT_HASHES);
         Verifier {
             successes: Mutex::new(Verdicts::new(MAX_SUCCESSES)),
             failures: Mutex::new(Verdicts::new(MAX_FAILURES)),
             by_key: Mutex::new(Buckets::new(KEY_BURST, KEY_REFILL)),
             by_address: Mutex::new(Buckets::new(ADDRESS_BURST, ADDRESS_REFILL)),
-            hashing: Semaphore::new(cores),
+            hashing: Semaphore::new(hashing),
             memory: Mutex::new(Vec::new()),
             hashes: AtomicU64::new(0),
         }

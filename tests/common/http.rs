@@ -66,13 +66,16 @@ impl KeepAlive {
     pub fn connect(port: u16) -> std::io::Result<KeepAlive> {
         let stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
         Ok(KeepAlive { stream, buffer: Vec::new() })
     }
 
     /// GET `path` with `headers`; the answer's status.
     pub fn get(&mut self, path: &str, headers: &str) -> std::io::Result<u16> {
         use std::io::Write;
-        write!(self.stream, "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n")?;
+        // One write: a request in pieces would wait on Nagle's algorithm for the server's delayed ACK.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        self.stream.write_all(request.as_bytes())?;
         let end = loop {
             if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end;
