@@ -192,11 +192,22 @@ impl Form {
                 }
                 Event::Data(bytes) => text.extend_from_slice(&bytes),
                 Event::PartEnd => break,
-                event => return Err(ApiError::Internal(format!("the form parser gave {event:?} inside a part"))),
+                event => return Err(out_of_order(&event)),
             }
         }
         String::from_utf8(text).map_err(|_| ApiError::BadForm(format!("form field '{field}' is not UTF-8")))
     }
+}
+
+/// An event where the parser's grammar allows none such (a part's data between parts, say): a bug, not the client's.
+fn out_of_order(event: &Event) -> ApiError {
+    let kind = match event {
+        Event::Part(_) => "a part's start",
+        Event::Data(_) => "data",
+        Event::PartEnd => "a part's end",
+        Event::End => "the form's end",
+    };
+    ApiError::Internal(format!("internal error: the form parser gave {kind} out of order"))
 }
 
 /// Where a file's bytes come from: a raw body, or one part of a form (until its end).
@@ -212,7 +223,7 @@ impl Source<'_> {
             Source::Part(form) => match form.next().await? {
                 Event::Data(bytes) => Ok(Some(bytes)),
                 Event::PartEnd => Ok(None),
-                event => Err(ApiError::Internal(format!("the form parser gave {event:?} inside a part"))),
+                event => Err(out_of_order(&event)),
             },
         }
     }
@@ -238,7 +249,7 @@ async fn receive_form(
         let part = match form.next().await? {
             Event::Part(part) => part,
             Event::End => break,
-            event => return Err(ApiError::Internal(format!("the form parser gave {event:?} between parts"))),
+            event => return Err(out_of_order(&event)),
         };
         match part.name.as_deref() {
             Some("subdir") => {
