@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/evosync/evosync.yaml";
 pub const CONFIG_ENV: &str = "EVOSYNC_CONFIG";
+/// The account of the service, and of every party's gate in shared-account mode.
+pub const SHARED_ACCOUNT: &str = "evosync";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,14 @@ pub struct Config {
     /// Which account owns a party's tree: `shared` (the `evosync` account) or `per-party` (`evosync-NAME`).
     #[serde(default)]
     pub account_mode: AccountMode,
+    /// The broker socket `evosync serve` answers the gates on (default `state_dir/gate.sock`; in per-party-account
+    /// mode it must lie where the party accounts can reach it, e.g. /run/evosync/gate.sock).
+    #[serde(default)]
+    pub gate_socket: Option<PathBuf>,
+    /// Where the gates keep their lock files, one folder per party (default `state_dir/locks`). In per-party-account
+    /// mode it must lie outside `state_dir`, which the party accounts cannot enter.
+    #[serde(default)]
+    pub locks_dir: Option<PathBuf>,
     /// Where `evosync serve` listens; loopback unless the administrator says otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -146,7 +156,12 @@ impl Config {
                 return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
             }
         }
-        for (key, path) in [("audit_log", &config.audit_log), ("authorized_keys", &config.authorized_keys)] {
+        for (key, path) in [
+            ("audit_log", &config.audit_log),
+            ("authorized_keys", &config.authorized_keys),
+            ("gate_socket", &config.gate_socket),
+            ("locks_dir", &config.locks_dir),
+        ] {
             if let Some(path) = path {
                 if !path.is_absolute() {
                     return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
@@ -193,14 +208,19 @@ impl Config {
     /// The account that owns a party's tree and runs its gate.
     pub fn tree_owner(&self, party: &str) -> String {
         match self.account_mode {
-            AccountMode::Shared => "evosync".into(),
+            AccountMode::Shared => SHARED_ACCOUNT.into(),
             AccountMode::PerParty => format!("evosync-{party}"),
         }
     }
 
-    /// Where the gate keeps its per-replica and per-party lock files.
+    /// Where the gates keep their per-replica and per-party lock files.
     pub fn locks_dir(&self) -> PathBuf {
-        self.state_dir.join("locks")
+        self.locks_dir.clone().unwrap_or_else(|| self.state_dir.join("locks"))
+    }
+
+    /// The broker socket between the gates and the service.
+    pub fn gate_socket(&self) -> PathBuf {
+        self.gate_socket.clone().unwrap_or_else(|| self.state_dir.join(crate::broker::SOCKET_FILE))
     }
 }
 

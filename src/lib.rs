@@ -18,6 +18,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod fs;

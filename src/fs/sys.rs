@@ -239,6 +239,11 @@ pub fn account_name() -> Option<String> {
     nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|user| user.name)
 }
 
+/// The name of the account with `uid` (one NSS lookup).
+pub fn account_of(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|user| user.name)
+}
+
 /// The numeric uid, for when the account has no name.
 pub fn uid() -> u32 {
     nix::unistd::getuid().as_raw()

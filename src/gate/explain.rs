@@ -1,20 +1,19 @@
 //! `evosync-gate explain`: a dry run over the same plan and survey a real session uses, printed instead of acted on.
 //! Nothing is created, locked, recorded or run.
 
+use super::central::Central;
 use super::decide::Action;
 use super::refusal::Refusal;
 use super::{checked_party, plan, survey, sync_arguments, Plan, Survey};
 use crate::config::Config;
-use crate::store::Store;
 
 /// The decision for `command_line` as `party`, and its reason. Returns (allowed, text).
 pub fn explain(config: &Config, party: &str, command_line: &str) -> (bool, String) {
-    // The store, where there is one and it can be read: the run-owner check needs it.
-    let store_path = config.store_path();
-    let store = store_path.exists().then(|| Store::open_existing(&store_path).ok()).flatten();
+    // The service or the store, where one answers: the run-owner check needs it.
+    let central = Central::connect(config);
     let surveyed = checked_party(party.to_owned())
         .and_then(|party| plan(config, &party, Some(command_line)))
-        .and_then(|plan| survey(config, &plan, store.as_ref()).map(|survey| (plan, survey)));
+        .and_then(|plan| survey(config, &plan, &central).map(|survey| (plan, survey)));
     match surveyed {
         Ok((plan, survey)) => (true, describe(config, &plan, &survey)),
         Err(refusal) => (false, Refusal::explained(&refusal)),

@@ -69,6 +69,10 @@ pub enum ApiError {
         party: String,
         quota: String,
     },
+    TooManyFiles {
+        party: String,
+        max: u64,
+    },
     NoEndpoint,
     // ---- the host ----
     FolderConflict(String),
@@ -99,7 +103,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            OverQuota { .. } | AtQuota { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             BadJson(rejection) => rejection.status(),
             Admin(error) => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             NoTree | Confine(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,7 +132,7 @@ impl ApiError {
             BrokenOff(_) => "broken-off",
             BadDigestHeader(_) | Digest(_) => "digest",
             TooLarge { .. } => "too-large",
-            OverQuota { .. } | AtQuota { .. } => "quota",
+            OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } => "quota",
             NoEndpoint => "no-endpoint",
             FolderConflict(_) => "folder",
             Storage(_) => "storage",
@@ -174,6 +178,10 @@ impl fmt::Display for ApiError {
             AtQuota { party, quota } => {
                 write!(f, "party '{party}' is at its quota (max_party_bytes {quota}); free space first")
             }
+            TooManyFiles { party, max } => write!(
+                f,
+                "party '{party}' has {max} files and folders, its limit (max_party_files); nothing was stored"
+            ),
             NoEndpoint => f.write_str("no such endpoint"),
             FolderConflict(message) => f.write_str(message),
             Admin(error) => error.fmt(f),

@@ -5,6 +5,7 @@
 
 pub mod admin_api;
 pub mod auth;
+pub mod broker;
 pub mod error;
 pub mod events;
 pub mod metrics;
@@ -86,11 +87,16 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         let listener = tokio::net::TcpListener::bind(&address)
             .await
             .map_err(|source| ServeError::Listen { address: address.clone(), source })?;
+        let socket = config.gate_socket();
+        let gates = broker::bind(&socket)
+            .map_err(|source| ServeError::Listen { address: socket.display().to_string(), source })?;
         let state = AppState::new(config, config_path);
         tokio::spawn(events::follow_ledger(state.clone()));
+        tokio::spawn(broker::serve(state.clone(), gates));
         let address = format!("http://{}", listener.local_addr()?);
         crate::log::Line::of(crate::log::SERVE).field("event", "listening").field("address", address).to_stderr();
         axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        let _ = std::fs::remove_file(&socket);
         Ok(())
     })
 }
