@@ -3,7 +3,8 @@
 #  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), curl, wrk,
 #    systemd (systemd-analyze), build tools;
 #  - the stock sqlite3_rsync >= 3.50, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
-#  - the gate accounts: `evosync` (shared-account mode) and `evosync-acme`, `evosync-beta` (per-party mode).
+#  - the gate accounts: `evosync` (shared-account mode, and the service's) and `evosync-acme`, `evosync-beta`
+#    (per-party mode), each party account with a group of its own.
 # Gate accounts get the plain /bin/sh and a root-owned, empty home: sshd runs a forced command through the login
 # shell, and would run ~/.ssh/rc from a home the party could write.
 set -euo pipefail
@@ -48,13 +49,19 @@ install -d -m 0755 /run/sshd
 home=/var/lib/evosync-home
 install -d -o root -g root -m 0755 "$home"
 getent group evosync >/dev/null || groupadd --system evosync
+# `evosync` is the service's account and the shared-account gate's (group evosync: the store, the locks). Each party
+# account `evosync-NAME` has a group of its own and is in no other, so it can read no other party's tree, nor the
+# store; `evosync` is a member of every party group, so the service can read and write each party's tree.
 for account in evosync evosync-acme evosync-beta; do
+  group=$account
+  getent group "$group" >/dev/null || groupadd --system "$group"
   if ! getent passwd "$account" >/dev/null; then
-    useradd --system --gid evosync --home-dir "$home" --no-create-home --shell /bin/sh "$account"
+    useradd --system --gid "$group" --home-dir "$home" --no-create-home --shell /bin/sh "$account"
   fi
   # '*' rather than useradd's locked '!': sshd refuses locked accounts even for keys, and no password matches '*'.
-  usermod --password '*' --shell /bin/sh --home "$home" "$account"
+  usermod --password '*' --shell /bin/sh --home "$home" --gid "$group" --groups '' "$account"
 done
+usermod --append --groups evosync-acme,evosync-beta evosync
 # sshd's AuthorizedKeysCommandUser: may read the state store (group evosync), may not log in.
 if ! getent passwd evosyncauth >/dev/null; then
   useradd --system --gid evosync --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin evosyncauth

@@ -87,6 +87,12 @@ struct InitArgs {
     /// shared (one `evosync` account) or per-party (`evosync-NAME` accounts).
     #[arg(long, default_value = "shared")]
     account_mode: String,
+    /// The gates' lock folders [default: state_dir/locks; per-party: /var/lib/evosync-locks]
+    #[arg(long)]
+    locks_dir: Option<PathBuf>,
+    /// The socket between the gates and the service [default: state_dir/gate.sock; per-party: /run/evosync/gate.sock]
+    #[arg(long)]
+    gate_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -425,6 +431,8 @@ fn init_host(config_path: &Path, args: InitArgs, json: bool) -> Outcome {
         gate: args.gate,
         listen: args.listen,
         account_mode: args.account_mode,
+        locks_dir: args.locks_dir,
+        gate_socket: args.gate_socket,
     };
     let report = init(config_path, &settings, actor())?;
     show(json, &report, || {

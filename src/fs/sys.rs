@@ -41,9 +41,12 @@ pub fn landlock_abi_version() -> i64 {
     version.max(0)
 }
 
-/// Creates the directory `name` in `dir` (mode 0750). `Ok(false)` when it already exists.
+/// Creates the directory `name` in `dir`: mode 0750, or 0770 inside a setgid folder (a per-party tree, whose group
+/// the service shares; the new folder inherits the setgid bit). `Ok(false)` when it already exists.
 pub fn make_dir_in(dir: &impl AsRawFd, name: &str) -> Result<bool, Errno> {
-    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o750)) {
+    let shared = fstat(dir).is_ok_and(|stat| stat.st_mode & libc::S_ISGID != 0);
+    let mode = if shared { 0o770 } else { 0o750 };
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode)) {
         Ok(()) => Ok(true),
         Err(Errno::EEXIST) => Ok(false),
         Err(e) => Err(e),
@@ -221,6 +224,19 @@ pub fn chown_to_account(path: &Path, account: &str) {
     if let Ok(Some(user)) = nix::unistd::User::from_name(account) {
         let _ = nix::unistd::chown(path, Some(user.uid), Some(user.gid));
     }
+}
+
+/// (uid, primary gid) of `account`, when it exists.
+pub fn account_ids(account: &str) -> Option<(u32, u32)> {
+    nix::unistd::User::from_name(account).ok().flatten().map(|user| (user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// Gives `path` to (uid, gid) with `mode` (the setgid bit included); a process that is not root only sets the mode.
+pub fn give_path(path: &Path, (uid, gid): (u32, u32), mode: u32) -> std::io::Result<()> {
+    if is_root() {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))?;
+    }
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
 }
 
 /// Gives `path` to the group `group` when running as root and the group exists.

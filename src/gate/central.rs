@@ -30,6 +30,10 @@ const ANSWER_WAIT: Duration = Duration::from_secs(60);
 pub enum Central {
     Service(Broker),
     Store(Store),
+    /// There is a store, but this account cannot open it and the service does not answer (a party account with the
+    /// service down): nothing that needs the central record may happen.
+    Unreachable(String),
+    /// No store on this host (never `evosync init`): records go to syslog and `audit_log` only.
     Absent,
 }
 
@@ -52,12 +56,19 @@ impl Central {
             return Central::Service(broker);
         }
         let store_path = config.store_path();
-        match store_path.exists().then(|| Store::open_existing(&store_path)) {
-            Some(Ok(store)) => Central::Store(store),
-            _ => Central::Absent,
+        match store_path.try_exists() {
+            Ok(false) => Central::Absent,
+            _ => match Store::open_existing(&store_path) {
+                Ok(store) => Central::Store(store),
+                Err(error) => Central::Unreachable(format!(
+                    "the service does not answer on {} and {error}",
+                    config.gate_socket().display()
+                )),
+            },
         }
     }
 
+    /// Whether there is no central record at all (not merely an unreachable one).
     pub fn is_absent(&self) -> bool {
         matches!(self, Central::Absent)
     }
@@ -90,7 +101,8 @@ impl Central {
                 let _ = store.touch_ssh_key(&key.id);
                 Ok(key.party)
             }
-            Central::Absent => Err(unavailable("neither the service nor the state store can be reached".into())),
+            Central::Unreachable(why) => Err(unavailable(why.clone())),
+            Central::Absent => Err(unavailable("this host has no state store (evosync init)".into())),
         }
     }
 
@@ -107,6 +119,7 @@ impl Central {
                 }
             }
             Central::Store(store) => access::run_owner(store, party, run).map_err(|e| unreadable(e.to_string())),
+            Central::Unreachable(why) => Err(unreadable(why.clone())),
             Central::Absent => Ok(RunOwner::Nobody),
         }
     }
@@ -127,6 +140,7 @@ impl Central {
                 ClaimError::Owned(_) => owned(),
                 ClaimError::Store(error) => failed(error.to_string()),
             }),
+            Central::Unreachable(why) => Err(failed(why.clone())),
             Central::Absent => Ok(()),
         }
     }
@@ -185,6 +199,7 @@ impl Central {
                 expect_done(broker.ask(&request)?)
             }
             Central::Store(store) => store.append_audit(entry).map(drop).map_err(|e| e.to_string()),
+            Central::Unreachable(why) => Err(why.clone()),
             Central::Absent => Err("no state store".into()),
         }
     }
@@ -206,6 +221,7 @@ impl Central {
                 expect_done(broker.ask(&Request::Finish { ledger })?)
             }
             Central::Store(store) => store.record_sync(row).map_err(|e| e.to_string()),
+            Central::Unreachable(why) => Err(why.clone()),
             Central::Absent => Ok(()),
         }
     }

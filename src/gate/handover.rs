@@ -49,7 +49,8 @@ impl Locks {
         std::fs::create_dir_all(&party_dir)
             .map_err(|source| HandoverError::LockFile { path: party_dir.clone(), source })?;
         let deadline = Instant::now() + wait;
-        let replica_path = party_dir.join(format!("{run}.{database}.lock"));
+        // Named by a digest: any run name the door lets in makes a lock file name of a fixed, short length.
+        let replica_path = party_dir.join(replica_lock_name(run, database));
         let replica = poll_lock(&[replica_path], deadline)?
             .ok_or_else(|| HandoverError::ReplicaBusy { what: format!("{run}/{database}"), waited: wait.as_secs() })?;
         let slots: Vec<PathBuf> = (0..max_slots).map(|n| party_dir.join(format!("slot-{n}.lock"))).collect();
@@ -60,6 +61,13 @@ impl Locks {
         })?;
         Ok(Locks { _replica: replica, _slot: slot })
     }
+}
+
+/// `replica-<32 hex>.lock`: SHA-256 of `RUN/DATABASE`, cut to 128 bits.
+pub fn replica_lock_name(run: &str, database: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{run}/{database}").as_bytes());
+    format!("replica-{}.lock", crate::time::hex(&digest[..16]))
 }
 
 /// Takes the first free lock among `paths`, polling until `deadline`.

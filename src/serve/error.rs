@@ -40,6 +40,10 @@ pub enum ApiError {
         run: String,
         pattern: String,
     },
+    RunTooLong {
+        len: usize,
+        max: usize,
+    },
     NoSuchRun {
         run: String,
     },
@@ -89,6 +93,7 @@ impl ApiError {
             PartyDisabled { .. } | NoPolicy { .. } => StatusCode::FORBIDDEN,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             RunName { .. }
+            | RunTooLong { .. }
             | Name(_)
             | BadRegistration(_)
             | BadForm(_)
@@ -122,7 +127,7 @@ impl ApiError {
             NoPolicy { .. } => "policy",
             NoAdminToken | BadAdminToken => "admin-token",
             RateLimited { .. } => "rate",
-            RunName { .. } => "run-name",
+            RunName { .. } | RunTooLong { .. } => "run-name",
             NoSuchRun { .. } => "no-run",
             OtherPartysRun { .. } => "other-party",
             NoTree | Confine(_) => "confine",
@@ -158,6 +163,9 @@ impl fmt::Display for ApiError {
             BadAdminToken => f.write_str("the admin token is not valid"),
             RateLimited { retry_after } => write!(f, "too many requests; retry in {retry_after} s"),
             RunName { run, pattern } => write!(f, "'{run}' is not an allowed run name (pattern: {pattern})"),
+            RunTooLong { len, max } => {
+                write!(f, "a run folder name is at most {max} bytes; this one is {len} (shorten its label)")
+            }
             NoSuchRun { run } | OtherPartysRun { run, registering: false } => write!(f, "there is no run '{run}'"),
             OtherPartysRun { run, registering: true } => write!(f, "run '{run}' belongs to another party"),
             NoTree => f.write_str("the party has no tree on this host; tell the administrator"),

@@ -102,7 +102,7 @@ impl Drop for Hold {
 }
 
 /// 507 for a party over its quota: at it already, or about to pass it.
-fn quota_refusal(party: &str, limits: &crate::policy::Limits, over: OverQuota) -> ApiError {
+pub fn quota_refusal(party: &str, limits: &crate::policy::Limits, over: OverQuota) -> ApiError {
     match over {
         OverQuota::Bytes { used, max } if used >= max => ApiError::AtQuota {
             party: party.to_owned(),
