@@ -19,6 +19,7 @@
 pub mod access;
 pub mod admin;
 pub mod broker;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod fs;
