@@ -301,3 +301,89 @@ pub fn unlink_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
 pub fn sync_dir(dir: &impl AsRawFd) -> Result<(), Errno> {
     nix::unistd::fsync(dir.as_raw_fd())
 }
+
+// ---- the catalog: symlinks, swaps, removals beneath a folder, POSIX ACLs ----
+
+/// Creates the symlink `name` in `dir`, pointing at `target`.
+pub fn symlink_in(target: &Path, dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
+    nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name)
+}
+
+/// Where the symlink `name` in `dir` points; `None` when it is no symlink (or missing).
+pub fn read_link_in(dir: &impl AsRawFd, name: &str) -> Option<std::path::PathBuf> {
+    nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name).ok().map(std::path::PathBuf::from)
+}
+
+/// Swaps `a` and `b` in `dir` atomically (RENAME_EXCHANGE): whoever looks sees one or the other, never neither.
+pub fn exchange_in(dir: &impl AsRawFd, a: &str, b: &str) -> Result<(), Errno> {
+    let fd = Some(dir.as_raw_fd());
+    nix::fcntl::renameat2(fd, a, fd, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+}
+
+/// Removes `name` in `dir` and everything beneath it, without following a symlink out of it.
+pub fn remove_tree_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
+    match stat_in(dir, name)? {
+        None => Ok(()),
+        Some(stat) if is_dir(&stat) => {
+            let inner = open_dir_beneath(dir, name)?;
+            for (entry, _) in list_dir(&inner)? {
+                remove_tree_in(&inner, &entry)?;
+            }
+            nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::RemoveDir)
+        }
+        Some(_) => unlink_in(dir, name),
+    }
+}
+
+/// One entry of a POSIX ACL: a tag (`ACL_*`), the permission bits (r=4, w=2, x=1), and the uid or gid of a named
+/// entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclEntry {
+    pub tag: u16,
+    pub perm: u16,
+    pub id: Option<u32>,
+}
+
+pub const ACL_USER_OBJ: u16 = 0x01;
+pub const ACL_GROUP_OBJ: u16 = 0x04;
+pub const ACL_GROUP: u16 = 0x08;
+pub const ACL_MASK: u16 = 0x10;
+pub const ACL_OTHER: u16 = 0x20;
+
+/// The kernel's xattr form of an ACL (`linux/posix_acl_xattr.h`): version 2, then (tag, perm, id) little-endian,
+/// sorted by tag and id.
+pub fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
+    let mut sorted = entries.to_vec();
+    sorted.sort_by_key(|e| (e.tag, e.id.unwrap_or(u32::MAX)));
+    let mut bytes = 2u32.to_le_bytes().to_vec();
+    for entry in sorted {
+        bytes.extend_from_slice(&entry.tag.to_le_bytes());
+        bytes.extend_from_slice(&entry.perm.to_le_bytes());
+        bytes.extend_from_slice(&entry.id.unwrap_or(u32::MAX).to_le_bytes());
+    }
+    bytes
+}
+
+/// Sets the access ACL of `path` and, for a folder, its default ACL (what everything made in it inherits). Does not
+/// follow a symlink.
+pub fn set_acl(path: &Path, access: &[AclEntry], default: Option<&[AclEntry]>) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut pairs = vec![(c"system.posix_acl_access", acl_xattr(access))];
+    if let Some(default) = default {
+        pairs.push((c"system.posix_acl_default", acl_xattr(default)));
+    }
+    for (name, value) in pairs {
+        // SAFETY: both strings are NUL-terminated and outlive the call; `value` is a valid buffer of its length.
+        let done = unsafe { libc::lsetxattr(c_path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if done != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The gid of `group`, when it exists.
+pub fn group_id(group: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid.as_raw())
+}
