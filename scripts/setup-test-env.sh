@@ -62,8 +62,23 @@ for account in evosync evosync-acme evosync-beta; do
   usermod --password '*' --shell /bin/sh --home "$home" --gid "$group" --groups '' "$account"
 done
 usermod --append --groups evosync-acme,evosync-beta evosync
+# The catalog's readers: `evosync-reader` is in `evosync-readers` (catalog_group) and nothing else, like the account
+# kromosynth-evoruns runs as on a central host.
+getent group evosync-readers >/dev/null || groupadd --system evosync-readers
+if ! getent passwd evosync-reader >/dev/null; then
+  useradd --system --gid evosync-readers --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin evosync-reader
+fi
+usermod --gid evosync-readers --groups '' evosync-reader
+
+# The reader test's Node packages (better-sqlite3 from npm, as kromosynth-evoruns uses it).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm g++ >/dev/null
+fi
+if [ ! -f tests/reader/node_modules/better-sqlite3/build/Release/better_sqlite3.node ]; then
+  (cd tests/reader && npm ci --no-audit --no-fund --loglevel=error)
+fi
 # sshd's AuthorizedKeysCommandUser: may read the state store (group evosync), may not log in.
 if ! getent passwd evosyncauth >/dev/null; then
   useradd --system --gid evosync --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin evosyncauth
 fi
-echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), accounts evosync evosync-acme evosync-beta evosyncauth"
+echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), node $(node --version), accounts evosync evosync-acme evosync-beta evosyncauth evosync-reader"
