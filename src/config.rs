@@ -44,6 +44,11 @@ pub struct Config {
     /// Serve `/metrics` only on this address (e.g. `127.0.0.1:9464`); the main listener then answers 404 for it.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// A cgroup v2 folder delegated to the gate accounts, inside which the gate's sessions run: each sync's child
+    /// gets a cgroup beneath it with `memory.max` at the policy's `max_sync_memory`. Without it (or where the gate
+    /// cannot use it) the child's memory is held by RLIMIT_AS.
+    #[serde(default)]
+    pub sync_cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -146,7 +151,11 @@ impl Config {
                 return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
             }
         }
-        for (key, path) in [("audit_log", &config.audit_log), ("authorized_keys", &config.authorized_keys)] {
+        for (key, path) in [
+            ("audit_log", &config.audit_log),
+            ("authorized_keys", &config.authorized_keys),
+            ("sync_cgroup", &config.sync_cgroup),
+        ] {
             if let Some(path) = path {
                 if !path.is_absolute() {
                     return Err(format!("{key} must be an absolute path, not '{}'", path.display()));

@@ -60,6 +60,9 @@ pub enum RefusalCode {
     RunsUnreadable,
     RunNotRecorded,
     SyncNotStarted,
+    /// The configured sqlite3_rsync predates the release that checks every ORIGIN_BEGIN's page size, or is not
+    /// sqlite3_rsync at all (the detail says which; see `rsync_version`).
+    Sqlite3RsyncTooOld,
 }
 
 impl RefusalCode {
@@ -78,6 +81,7 @@ impl RefusalCode {
             RunOwned { .. } => "run",
             Busy(_) => "busy",
             KeysUnavailable | LocksUnavailable | RunsUnreadable | RunNotRecorded | SyncNotStarted => "internal",
+            Sqlite3RsyncTooOld => "sqlite3_rsync",
         }
     }
 }
@@ -117,6 +121,10 @@ impl fmt::Display for RefusalCode {
             RunsUnreadable => f.write_str("the central host cannot read its runs; tell the administrator"),
             RunNotRecorded => f.write_str("the central host cannot record the run; tell the administrator"),
             SyncNotStarted => f.write_str("the central host could not run the sync; tell the administrator"),
+            Sqlite3RsyncTooOld => f.write_str(
+                "the central host's sqlite3_rsync is too old to be run safely (it needs SQLite 3.53.4 or newer); \
+                 tell the administrator",
+            ),
         }
     }
 }
