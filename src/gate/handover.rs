@@ -196,6 +196,6 @@ pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
     sys::set_alarm(0);
     let exit = if exit != Exit::TimedOut && memory.exceeded(peak_rss) { Exit::MemoryLimit } else { exit };
     let peak_rss = memory.cgroup_peak().or(peak_rss);
-    memory.release();
+    drop(memory);
     Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64(), peak_rss })
 }

@@ -74,11 +74,13 @@ impl ChildMemory {
             Method::AddressSpace { .. } => None,
         }
     }
+}
 
-    /// Removes the sync's cgroup once its child is gone (an empty cgroup is removed with rmdir).
-    pub fn release(self) {
-        if let Method::Cgroup { dir, procs } = self.method {
-            drop(procs);
+impl Drop for ChildMemory {
+    /// Removes the sync's cgroup once its child is gone (an empty cgroup is removed with rmdir), also when the sync
+    /// never started.
+    fn drop(&mut self) {
+        if let Method::Cgroup { dir, .. } = &self.method {
             let _ = std::fs::remove_dir(dir);
         }
     }
@@ -216,6 +218,15 @@ mod tests {
             cgroup_for(Path::new("/sys/fs/cgroup/unified/evosync"), hybrid, "0::/evosync/gate\n").unwrap(),
             "/evosync"
         );
+    }
+
+    #[test]
+    fn a_sync_cgroup_that_is_no_cgroup_falls_back_to_rlimit_as_and_says_why() {
+        let folder = std::env::temp_dir();
+        let memory = ChildMemory::prepare(ByteSize(64 << 20), Some(&folder));
+        let summary = memory.summary();
+        assert!(summary.contains("rlimit-as") && summary.contains("is not a cgroup v2 folder"), "{summary}");
+        assert!(matches!(memory.for_child().unwrap(), ChildSide::AddressSpace(bytes) if bytes == 64 << 20));
     }
 
     #[test]

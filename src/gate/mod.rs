@@ -449,7 +449,7 @@ fn claim(store: Option<&Store>, plan: &Plan) -> Result<(), Refusal> {
 /// The argument vector for the configured sqlite3_rsync: the mode, the accepted flags, then the names in the order
 /// the mode expects. This host's side is the database's bare name: the child runs in its run folder, so nothing it is
 /// given, and nothing it prints (`--commcheck` echoes both names), names a folder of this host.
-pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_path: &Path) -> Vec<OsString> {
+pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_side: &Path) -> Vec<OsString> {
     let pushing = matches!(decision.action, Action::Push { .. });
     let mut args: Vec<OsString> = vec![if pushing { "--replica" } else { "--origin" }.into()];
     if commcheck {
@@ -460,9 +460,9 @@ pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), 
     }
     let peer = OsString::from(&decision.peer_name);
     if pushing {
-        args.extend([peer, host_path.into()]);
+        args.extend([peer, host_side.into()]);
     } else {
-        args.extend([host_path.into(), peer]);
+        args.extend([host_side.into(), peer]);
     }
     args
 }

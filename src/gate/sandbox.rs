@@ -35,8 +35,9 @@ pub enum SandboxError {
 }
 
 /// What the child may not call: every way to a socket (creating one, and connect/bind/listen/accept for good
-/// measure), io_uring (whose operations reach sockets without these calls) and ptrace. Each fails with EPERM.
-const DENIED_SYSCALLS: [i64; 12] = [
+/// measure), io_uring (whose operations reach sockets without these calls), ptrace and the cross-process memory calls.
+/// Each fails with EPERM.
+const DENIED_SYSCALLS: [i64; 13] = [
     libc::SYS_socket,
     libc::SYS_socketpair,
     libc::SYS_connect,
@@ -48,6 +49,7 @@ const DENIED_SYSCALLS: [i64; 12] = [
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
     libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
     libc::SYS_process_vm_writev,
 ];
 
