@@ -7,7 +7,7 @@
 //! first release known to be fixed.
 //!
 //! The answer is cached in `state_dir/sqlite3_rsync.version`, keyed by the binary's device, inode, mtime and size, and
-//! written atomically (temp file, rename), so the gate runs the binary once per build rather than once per push.
+//! replaced atomically (temp file, rename), so the gate runs the binary once per build rather than once per push.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -102,9 +102,10 @@ fn read_cache(cache: &Path, key: &str) -> Option<String> {
 fn write_cache(cache: &Path, key: &str, source_id: &str) -> std::io::Result<()> {
     let partial = cache.with_extension(format!("partial-{}", std::process::id()));
     let written = (|| {
+        // No fsync: after a crash the file is whole, empty or gone, and anything but a whole entry for this very
+        // build only means the binary is asked again.
         let mut file = std::fs::File::create(&partial)?;
         writeln!(file, "{key}\n{source_id}")?;
-        file.sync_all()?;
         std::fs::rename(&partial, cache)
     })();
     if written.is_err() {
@@ -133,7 +134,7 @@ fn run_version(program: &Path) -> Result<String, String> {
                 let _ = child.wait();
                 return Err(format!("no answer within {} s", VERSION_TIMEOUT.as_secs()));
             }
-            None => std::thread::sleep(Duration::from_millis(2)),
+            None => std::thread::sleep(Duration::from_micros(200)),
         }
     }
     let mut printed = String::new();
