@@ -218,8 +218,14 @@ fn memory_limit(host: &Host) -> Finding {
                 format!("echo +memory > {}/cgroup.subtree_control (and in each parent)", folder.display()),
             );
         }
-        let group_writable = |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o020 != 0);
-        if !group_writable(folder) || !group_writable(&folder.join("cgroup.procs")) {
+        // Delegated either to the gate accounts' group (group-writable) or, in shared-account mode, to the evosync
+        // account itself (owned by it).
+        let evosync_uid = nix::unistd::User::from_name("evosync").ok().flatten().map(|u| u.uid.as_raw());
+        let delegated = |path: &Path| {
+            std::fs::metadata(path)
+                .is_ok_and(|m| m.mode() & 0o020 != 0 || (Some(m.uid()) == evosync_uid && m.mode() & 0o200 != 0))
+        };
+        if !delegated(folder) || !delegated(&folder.join("cgroup.procs")) {
             return fail(
                 "memory limit",
                 format!("{} or its cgroup.procs is not writable by the gate accounts' group", folder.display()),
