@@ -259,6 +259,7 @@ fn a_replica_made_to_build_huge_tables_is_held_to_max_sync_memory() {
     assert!(sandbox.contains("memory 64MiB"), "the decision names the memory limit and how: {sandbox}");
     assert_eq!(host.ledger_exits(), ["memory_limit"], "the ledger records the push as memory_limit");
     let errors = replica_errors(&push.received);
+    eprintln!("REPLICA_ERROR messages the worker received: {errors:?}");
     assert!(
         errors.iter().any(|e| e.contains("evosync-gate:") && e.contains("max_sync_memory: 64MiB")),
         "the worker reads why: {errors:?}"
