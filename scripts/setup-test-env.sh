@@ -2,7 +2,7 @@
 # Prepares a Debian 12 machine for evosync's tests and demo; safe to run again.
 #  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), curl, wrk,
 #    systemd (systemd-analyze), build tools;
-#  - the stock sqlite3_rsync >= 3.50, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
+#  - the stock sqlite3_rsync >= 3.53.4, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
 #  - the gate accounts: `evosync` (shared-account mode, and the service's) and `evosync-acme`, `evosync-beta`
 #    (per-party mode), each party account with a group of its own.
 # Gate accounts get the plain /bin/sh and a root-owned, empty home: sshd runs a forced command through the login

@@ -65,6 +65,16 @@ enum Command {
     AdminToken,
     /// Run the HTTP service (admin API and the workers' sync endpoints).
     Serve,
+    /// Look the host over (binaries and versions, Landlock, seccomp, the memory limit's cgroup, sshd, folders and
+    /// their modes, accounts) and say what to fix; exit 1 when something must be fixed.
+    Doctor {
+        /// The sshd binary whose `-t` checks the configuration.
+        #[arg(long, default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
+        /// The sshd_config to check (with the snippets it includes).
+        #[arg(long, default_value = "/etc/ssh/sshd_config")]
+        sshd_config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -218,6 +228,7 @@ fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Init(args) => init_host(&config_path, args, json),
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&config_path, files, json),
+        Command::Doctor { sshd, sshd_config } => doctor(config_path, sshd, sshd_config, json),
         Command::Serve => {
             let config = Config::load(&config_path)?;
             crate::serve::serve(config, config_path).map_err(Failure::from)?;
@@ -394,7 +405,9 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
             let token = admin.issue_admin_token()?;
             show(json, &serde_json::json!({ "admin_token": token }), || format!("{token}\n(shown once)"))
         }
-        Command::Init(_) | Command::Policy { .. } | Command::Serve => unreachable!("handled before the store opens"),
+        Command::Init(_) | Command::Policy { .. } | Command::Serve | Command::Doctor { .. } => {
+            unreachable!("handled before the store opens")
+        }
     }
 }
 
@@ -494,6 +507,17 @@ fn policy_check(config_path: &Path, mut files: Vec<PathBuf>, json: bool) -> Outc
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+fn doctor(config_path: PathBuf, sshd: PathBuf, sshd_config: PathBuf, json: bool) -> Outcome {
+    use crate::admin::doctor;
+    let config = Config::load(&config_path).map_err(|e| e.to_string());
+    let host = doctor::Host { config_path, config, sshd, sshd_config };
+    let findings = doctor::examine(&host);
+    let healthy = !doctor::has_failures(&findings);
+    let value = serde_json::json!({ "ok": healthy, "checks": findings });
+    show(json, &value, || doctor::render(&findings).trim_end().to_owned())?;
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// One line per key, each with the key's state now: active, revoked or expired.

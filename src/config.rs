@@ -54,6 +54,11 @@ pub struct Config {
     /// Serve `/metrics` only on this address (e.g. `127.0.0.1:9464`); the main listener then answers 404 for it.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// A cgroup v2 folder delegated to the gate accounts, inside which the gate's sessions run: each sync's child
+    /// gets a cgroup beneath it with `memory.max` at the policy's `max_sync_memory`. Without it (or where the gate
+    /// cannot use it) the child's memory is held by RLIMIT_AS.
+    #[serde(default)]
+    pub sync_cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -161,6 +166,7 @@ impl Config {
             ("authorized_keys", &config.authorized_keys),
             ("gate_socket", &config.gate_socket),
             ("locks_dir", &config.locks_dir),
+            ("sync_cgroup", &config.sync_cgroup),
         ] {
             if let Some(path) = path {
                 if !path.is_absolute() {

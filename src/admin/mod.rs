@@ -1,8 +1,9 @@
 //! Administrative operations, shared by the command line (`cli`) and the admin HTTP API (`serve::admin_api`): each
 //! one checks its input, changes the store (and the files that follow from it), and leaves one record in the audit
-//! trail. `init` sets a host up; `authorized_keys` owns the managed file.
+//! trail. `init` sets a host up; `authorized_keys` owns the managed file; `doctor` looks a host over.
 
 pub mod authorized_keys;
+pub mod doctor;
 pub mod init;
 
 use crate::access;

@@ -387,3 +387,88 @@ pub fn set_acl(path: &Path, access: &[AclEntry], default: Option<&[AclEntry]>) -
 pub fn group_id(group: &str) -> Option<u32> {
     nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid.as_raw())
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The sync child's confinement beyond Landlock: its working folder entered by descriptor, its memory (RLIMIT_AS or a
+// cgroup v2 folder), its seccomp filter, how it ended (with its peak RSS), and what the host offers of each.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Makes the folder open as `dir` the working folder, by its descriptor: no path is resolved, so the folder the gate
+/// proved is the one the child works in. Async-signal-safe (one fchdir).
+pub fn enter_dir(dir: std::os::fd::RawFd) -> std::io::Result<()> {
+    nix::unistd::fchdir(dir).map_err(std::io::Error::from)
+}
+
+/// Caps the calling process's address space at `bytes` (RLIMIT_AS): an allocation past it fails (SQLite reports
+/// out of memory) instead of growing. Async-signal-safe (one setrlimit).
+pub fn limit_address_space(bytes: u64) -> std::io::Result<()> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs` ("0" names the writer itself).
+/// Async-signal-safe (one write).
+pub fn enter_cgroup(procs: &File) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut procs = procs;
+    procs.write_all(b"0")
+}
+
+/// Whether the kernel takes seccomp filters that return an errno (seccomp(SECCOMP_GET_ACTION_AVAIL)).
+pub fn seccomp_filter_available() -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: the kernel only reads the u32 the pointer names, which lives across the call.
+    let answer = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action as *const u32) };
+    answer == 0
+}
+
+/// Installs `program` as the calling thread's seccomp filter (with no_new_privs, which the filter requires).
+/// Async-signal-safe: a prctl and a seccomp call on a program built before the fork.
+pub fn apply_seccomp(program: &[seccompiler::sock_filter]) -> std::io::Result<()> {
+    seccompiler::apply_filter(program).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The file system type of `path` is cgroup2.
+pub fn is_cgroup2(path: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    statfs(path).map(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC).unwrap_or(false)
+}
+
+/// How a child ended, and the most memory it ever held resident (from wait4's rusage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildEnd {
+    pub state: ChildState,
+    /// Peak resident set size in bytes (ru_maxrss), when the child was reaped.
+    pub peak_rss: Option<u64>,
+}
+
+/// Reaps the child `pid` if it has ended (wait4 with WNOHANG), with its resource usage.
+pub fn child_end(pid: u32) -> Result<ChildEnd, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data the kernel fills in; an all-zero value is a valid one to start from.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers name live locals of the right types for the duration of the call.
+    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut usage) };
+    if reaped < 0 {
+        return Err(Errno::last());
+    }
+    if reaped == 0 {
+        return Ok(ChildEnd { state: ChildState::Running, peak_rss: None });
+    }
+    let state = if libc::WIFEXITED(status) {
+        ChildState::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ChildState::Killed(libc::WTERMSIG(status))
+    } else {
+        ChildState::Running
+    };
+    // ru_maxrss is in KiB on Linux.
+    Ok(ChildEnd { state, peak_rss: Some((usage.ru_maxrss.max(0) as u64) * 1024) })
+}
+
+/// (device, inode, mtime seconds, mtime nanoseconds, size) of `path`: what identifies one build of a binary.
+pub fn file_identity(path: &Path) -> std::io::Result<(u64, u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size()))
+}

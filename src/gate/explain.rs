@@ -29,14 +29,19 @@ fn describe(config: &Config, plan: &Plan, survey: &Survey) -> String {
     else {
         return text;
     };
-    let host_path = survey.tree.path().join(&decision.run).join(database);
-    let args = sync_arguments(decision, (*wal_only, *commcheck), &host_path);
+    let run_folder = survey.tree.path().join(&decision.run);
+    let args = sync_arguments(decision, (*wal_only, *commcheck), std::path::Path::new(database));
     let shown: Vec<String> = args.iter().map(|a| shell_words::quote(&a.to_string_lossy()).into_owned()).collect();
-    text.push_str(&format!("\nwould run: {} {}", config.sqlite3_rsync.display(), shown.join(" ")));
+    text.push_str(&format!(
+        "\nwould run: {} {}\nin: {}",
+        config.sqlite3_rsync.display(),
+        shown.join(" "),
+        run_folder.display()
+    ));
     let limits = &plan.policy.limits;
     text.push_str(&format!(
-        "\nlimits: file size {}, {} s, {} concurrent syncs",
-        limits.max_db_bytes, limits.max_sync_seconds, limits.max_concurrent_syncs
+        "\nlimits: file size {}, memory {}, {} s, {} concurrent syncs",
+        limits.max_db_bytes, limits.max_sync_memory, limits.max_sync_seconds, limits.max_concurrent_syncs
     ));
     text
 }

@@ -13,8 +13,10 @@ pub mod decide;
 mod explain;
 pub mod handover;
 mod keys_command;
+pub mod memory;
 pub mod refusal;
 pub mod reply;
+pub mod rsync_version;
 pub mod sandbox;
 
 use crate::access::RunOwner;
@@ -29,10 +31,12 @@ use central::Central;
 use clap::{Parser, Subcommand};
 use command::Request;
 use decide::{decide, Action, Decision};
-use handover::{HandoverError, Launch, Locks};
+use handover::{Exit, HandoverError, Launch, Locks};
+use memory::ChildMemory;
 use refusal::{Recorder, Refusal, RefusalCode};
 use sandbox::Sandbox;
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -326,6 +330,9 @@ fn act(
         Action::Push { wal_only, commcheck } => (wal_only, commcheck, true),
         Action::Pull { wal_only, commcheck } => (wal_only, commcheck, false),
     };
+    let program = config.sqlite3_rsync.as_path();
+    rsync_version::check(program, &config.state_dir)
+        .map_err(|e| Refusal::with_detail(RefusalCode::Sqlite3RsyncTooOld, e))?;
     let database = decision.database.as_deref().unwrap_or_default();
     let locks = Locks::acquire(
         &config.locks_dir(),
@@ -359,10 +366,10 @@ fn act(
     if pushing {
         central.claim(&plan.party, &decision.run)?;
     }
-    let program = config.sqlite3_rsync.as_path();
     let sandbox = Sandbox::prepare(program, &folder.fd, plan.policy.require_sandbox).map_err(RefusalCode::Sandbox)?;
-    let sandbox_summary = sandbox.summary.clone();
-    let args = sync_arguments(decision, (wal_only, commcheck), &folder.database_path(database));
+    let memory = ChildMemory::prepare(limits.max_sync_memory, config.sync_cgroup.as_deref());
+    let sandbox_summary = format!("{}; {}", sandbox.summary, memory.summary());
+    let args = sync_arguments(decision, (wal_only, commcheck), Path::new(database));
     let allow = line
         .clone()
         .field("event", "decision")
@@ -371,8 +378,9 @@ fn act(
         .field("fsize_limit", fsize_limit);
     recorder.record(&allow, &plan.party, subject, "allow", &sandbox_summary);
     let started_at = crate::time::now();
-    let launch =
-        Launch { program, args, working_dir: &folder.path, fsize_limit, sandbox, max_seconds: limits.max_sync_seconds };
+    let run_folder = folder.fd.as_fd();
+    let max_seconds = limits.max_sync_seconds;
+    let launch = Launch { program, args, run_folder, fsize_limit, sandbox, memory, max_seconds };
     let outcome = handover::run(launch).map_err(|e| Refusal::with_detail(RefusalCode::SyncNotStarted, e))?;
     let after = folder.database_size(database);
     let done = line
@@ -380,8 +388,17 @@ fn act(
         .field("verdict", "done")
         .field("exit", outcome.exit)
         .field("seconds", format!("{:.3}", outcome.seconds))
-        .field_opt("replica_bytes", after);
+        .field_opt("replica_bytes", after)
+        .field_opt("peak_rss", outcome.peak_rss);
     recorder.record(&done, &plan.party, subject, &format!("done:{}", outcome.exit), "");
+    if outcome.exit == Exit::MemoryLimit {
+        let why = format!(
+            "the sync needed more memory than this host gives it (max_sync_memory: {}) and was stopped; the replica \
+             keeps its previous content",
+            limits.max_sync_memory
+        );
+        reply::refuse(recorder.listening, &why);
+    }
     let row = LedgerRow {
         party: plan.party.clone(),
         key_id: key.map(str::to_owned),
@@ -409,8 +426,9 @@ fn check_owner(central: &Central, plan: &Plan) -> Result<(), Refusal> {
 }
 
 /// The argument vector for the configured sqlite3_rsync: the mode, the accepted flags, then the names in the order
-/// the mode expects, with this host's side as the absolute path proven by confinement.
-pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_path: &Path) -> Vec<OsString> {
+/// the mode expects. This host's side is the database's bare name: the child runs in its run folder, so nothing it is
+/// given, and nothing it prints (`--commcheck` echoes both names), names a folder of this host.
+pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_side: &Path) -> Vec<OsString> {
     let pushing = matches!(decision.action, Action::Push { .. });
     let mut args: Vec<OsString> = vec![if pushing { "--replica" } else { "--origin" }.into()];
     if commcheck {
@@ -421,9 +439,9 @@ pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), 
     }
     let peer = OsString::from(&decision.peer_name);
     if pushing {
-        args.extend([peer, host_path.into()]);
+        args.extend([peer, host_side.into()]);
     } else {
-        args.extend([host_path.into(), peer]);
+        args.extend([host_side.into(), peer]);
     }
     args
 }

@@ -68,6 +68,9 @@ pub enum RefusalCode {
         party: String,
         waited: u64,
     },
+    /// The configured sqlite3_rsync predates the release that checks every ORIGIN_BEGIN's page size, or is not
+    /// sqlite3_rsync at all (the detail says which; see `rsync_version`).
+    Sqlite3RsyncTooOld,
 }
 
 impl RefusalCode {
@@ -88,6 +91,7 @@ impl RefusalCode {
             KeysUnavailable | LocksUnavailable | RunsUnreadable | RunNotRecorded | SyncNotStarted | QuotaUnknown => {
                 "internal"
             }
+            Sqlite3RsyncTooOld => "sqlite3_rsync",
         }
     }
 }
@@ -131,6 +135,10 @@ impl fmt::Display for RefusalCode {
             QuotaBusy { party, waited } => write!(
                 f,
                 "another push of party '{party}' is taking its quota's room; try again later (waited {waited}s)"
+            ),
+            Sqlite3RsyncTooOld => f.write_str(
+                "the central host's sqlite3_rsync is too old to be run safely (it needs SQLite 3.53.4 or newer); \
+                 tell the administrator",
             ),
         }
     }
