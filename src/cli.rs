@@ -75,6 +75,18 @@ enum Command {
         #[arg(long, default_value = "/etc/ssh/sshd_config")]
         sshd_config: PathBuf,
     },
+    /// The published catalog of verified runs.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Verify one replica and print the verdict as JSON (the service runs this after each push).
+    #[command(hide = true)]
+    Inspect { party: String, run: String, database: String },
 }
 
 #[derive(clap::Args)]
@@ -229,6 +241,11 @@ fn run(cli: Cli) -> Outcome {
         Command::Init(args) => init_host(&config_path, args, json),
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&config_path, files, json),
         Command::Doctor { sshd, sshd_config } => doctor(config_path, sshd, sshd_config, json),
+        Command::Catalog { command: CatalogCommand::Inspect { party, run, database } } => {
+            let verdict = crate::catalog::inspect::run(&config_path, &party, &run, &database).map_err(Failure)?;
+            println!("{}", serde_json::to_string(&verdict)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve => {
             let config = Config::load(&config_path)?;
             crate::serve::serve(config, config_path).map_err(Failure::from)?;
@@ -405,7 +422,11 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
             let token = admin.issue_admin_token()?;
             show(json, &serde_json::json!({ "admin_token": token }), || format!("{token}\n(shown once)"))
         }
-        Command::Init(_) | Command::Policy { .. } | Command::Serve | Command::Doctor { .. } => {
+        Command::Init(_)
+        | Command::Policy { .. }
+        | Command::Serve
+        | Command::Doctor { .. }
+        | Command::Catalog { .. } => {
             unreachable!("handled before the store opens")
         }
     }

@@ -1,5 +1,6 @@
 //! The host configuration: `/etc/evosync/evosync.yaml`, or `--config FILE`, or `EVOSYNC_CONFIG`.
 
+use crate::size::ByteSize;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -48,6 +49,21 @@ pub struct Config {
     /// Where `evosync serve` listens; loopback unless the administrator says otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Where verified runs are published for readers, one folder of symlinks per run (none: nothing is published,
+    /// pushes are still verified).
+    #[serde(default)]
+    pub catalog_root: Option<PathBuf>,
+    /// The group whose accounts read the catalog (and, through it, the party trees), read-only. A group of its own:
+    /// the service's group also opens the state store, which no reader may.
+    #[serde(default = "default_catalog_group")]
+    pub catalog_group: String,
+    /// How long a run with some of its policy's databases verified waits for the others before it is published
+    /// without them (`600`, `10m`, `1h`).
+    #[serde(default = "default_publish_partial_after", deserialize_with = "crate::time::deserialize_seconds")]
+    pub publish_partial_after: u64,
+    /// What one verification of a pushed database may cost: seconds of its time budget, and its memory.
+    #[serde(default)]
+    pub verify: VerifyLimits,
     /// Bounds on the HTTP service's connections: how many, and how long each may idle or stall.
     #[serde(default)]
     pub http: HttpLimits,
@@ -91,6 +107,29 @@ pub enum AccountMode {
     #[default]
     Shared,
     PerParty,
+}
+
+fn default_catalog_group() -> String {
+    "evosync-readers".into()
+}
+
+fn default_publish_partial_after() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyLimits {
+    /// The time budget of one verification (its progress handler stops SQLite there).
+    pub seconds: u64,
+    /// The verifying process's memory (RLIMIT_AS and SQLite's hard heap limit below it).
+    pub memory: ByteSize,
+}
+
+impl Default for VerifyLimits {
+    fn default() -> Self {
+        VerifyLimits { seconds: 600, memory: ByteSize(1 << 30) }
+    }
 }
 
 fn default_lock_wait_seconds() -> u64 {
@@ -165,6 +204,7 @@ impl Config {
             ("audit_log", &config.audit_log),
             ("authorized_keys", &config.authorized_keys),
             ("gate_socket", &config.gate_socket),
+            ("catalog_root", &config.catalog_root),
             ("locks_dir", &config.locks_dir),
             ("sync_cgroup", &config.sync_cgroup),
         ] {
@@ -184,6 +224,9 @@ impl Config {
             if address.is_some_and(|a| a.parse::<std::net::SocketAddr>().is_err()) {
                 return Err(format!("{key} must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", address.unwrap()));
             }
+        }
+        if config.verify.seconds == 0 || config.verify.memory.0 < 64 << 20 {
+            return Err("verify: seconds must be at least 1 and memory at least 64MiB".into());
         }
         let http = &config.http;
         if http.max_connections == 0 || http.max_connections > 1_000_000 {

@@ -4,7 +4,7 @@
 //! proved, under its file size, memory, Landlock and seccomp limits.
 
 use super::memory::ChildMemory;
-use super::sandbox::Sandbox;
+use crate::fs::sandbox::Sandbox;
 use crate::fs::sys::{self, ChildState, Signal};
 use std::ffi::OsString;
 use std::fs::File;

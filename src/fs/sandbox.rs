@@ -67,6 +67,15 @@ pub fn socket_filter() -> Result<BpfProgram, String> {
     filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
+/// What the confined process may do in its run folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FolderAccess {
+    /// A sync: read, write, create and remove files there.
+    ReadWrite,
+    /// An inspection: read only.
+    ReadOnly,
+}
+
 /// A ruleset ready to apply in the child, and the line the audit records about it.
 pub struct Sandbox {
     ruleset: Mutex<Option<RulesetCreated>>,
@@ -76,8 +85,18 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Builds the ruleset: read-only access to the system paths and `program`, and file access inside `run_folder`.
+    /// Builds the ruleset: read-only access to the system paths and `program`, and file access inside `run_folder`
+    /// (reading and writing for a sync; reading only for an inspection).
     pub fn prepare(program: &Path, run_folder: &OwnedFd, required: bool) -> Result<Sandbox, SandboxError> {
+        Sandbox::prepare_with(program, run_folder, required, FolderAccess::ReadWrite)
+    }
+
+    pub fn prepare_with(
+        program: &Path,
+        run_folder: &OwnedFd,
+        required: bool,
+        access: FolderAccess,
+    ) -> Result<Sandbox, SandboxError> {
         let seccomp = if sys::seccomp_filter_available() {
             Some(socket_filter().map_err(SandboxError::Build)?)
         } else if required {
@@ -96,12 +115,17 @@ impl Sandbox {
         }
         let build = || -> Result<RulesetCreated, landlock::RulesetError> {
             let read = AccessFs::from_read(TARGET_ABI);
-            let replica = AccessFs::ReadFile
-                | AccessFs::WriteFile
-                | AccessFs::ReadDir
-                | AccessFs::RemoveFile
-                | AccessFs::MakeReg
-                | AccessFs::Truncate;
+            let replica = match access {
+                FolderAccess::ReadWrite => {
+                    AccessFs::ReadFile
+                        | AccessFs::WriteFile
+                        | AccessFs::ReadDir
+                        | AccessFs::RemoveFile
+                        | AccessFs::MakeReg
+                        | AccessFs::Truncate
+                }
+                FolderAccess::ReadOnly => AccessFs::ReadFile | AccessFs::ReadDir,
+            };
             let mut ruleset = Ruleset::default()
                 .set_compatibility(CompatLevel::BestEffort)
                 .handle_access(AccessFs::from_all(TARGET_ABI))?
