@@ -42,7 +42,7 @@ fn main() {
         std::hint::black_box(gate::rsync_version::check(&program, &config.state_dir).is_ok());
     });
     let seccomp_filter = median_of(20_000, || {
-        std::hint::black_box(gate::sandbox::socket_filter().expect("filter"));
+        std::hint::black_box(evosync::fs::sandbox::socket_filter().expect("filter"));
     });
 
     let gate_bin = Path::new(env!("CARGO_BIN_EXE_evosync-gate"));
