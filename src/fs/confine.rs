@@ -183,6 +183,27 @@ impl RunFolder {
             .count() as u64
     }
 
+    /// Puts back an empty `-wal` and `-shm` beside `database` where SQLite removed them (its last connection closing
+    /// does): a reader that may not create files opens a WAL database read-only only while both exist. Empty ones are
+    /// what SQLite itself leaves after a checkpoint; the next connection fills them in.
+    pub fn keep_wal_companions(&self, database: &str) -> Result<(), ConfineError> {
+        let Some(stat) = sys::stat_in(&self.fd, database).map_err(|errno| io(format!("a look at '{database}'"), errno))?
+        else {
+            return Ok(());
+        };
+        if !sys::is_regular_file(&stat) {
+            return Ok(());
+        }
+        for suffix in ["-wal", "-shm"] {
+            let name = format!("{database}{suffix}");
+            match sys::create_file_in(&self.fd, &name, (stat.st_mode & 0o666) as u32) {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(io(format!("creating '{name}'"), errno)),
+            }
+        }
+        Ok(())
+    }
+
     pub fn database_path(&self, database: &str) -> PathBuf {
         self.path.join(database)
     }

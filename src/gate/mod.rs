@@ -382,6 +382,12 @@ fn act(
     let launch = Launch { program, args, run_folder, fsize_limit, sandbox, memory, max_seconds };
     let outcome = handover::run(launch).map_err(|e| Refusal::with_detail(RefusalCode::SyncNotStarted, e))?;
     let after = folder.database_size(database);
+    if pushing {
+        // Still under the replica lock, before anyone verifies or reads what was pushed.
+        if let Err(error) = folder.keep_wal_companions(database) {
+            recorder.store_error(error);
+        }
+    }
     let done = line
         .field("event", "outcome")
         .field("verdict", "done")
