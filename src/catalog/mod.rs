@@ -3,5 +3,6 @@
 
 pub mod inspect;
 pub mod publish;
+pub mod reconcile;
 pub mod schema;
 pub mod verify;

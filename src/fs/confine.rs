@@ -187,7 +187,8 @@ impl RunFolder {
     /// does): a reader that may not create files opens a WAL database read-only only while both exist. Empty ones are
     /// what SQLite itself leaves after a checkpoint; the next connection fills them in.
     pub fn keep_wal_companions(&self, database: &str) -> Result<(), ConfineError> {
-        let Some(stat) = sys::stat_in(&self.fd, database).map_err(|errno| io(format!("a look at '{database}'"), errno))?
+        let Some(stat) =
+            sys::stat_in(&self.fd, database).map_err(|errno| io(format!("a look at '{database}'"), errno))?
         else {
             return Ok(());
         };

@@ -220,7 +220,7 @@ impl Central {
                 };
                 expect_done(broker.ask(&Request::Finish { ledger })?)
             }
-            Central::Store(store) => store.record_sync(row).map_err(|e| e.to_string()),
+            Central::Store(store) => store.record_sync(row).map(drop).map_err(|e| e.to_string()),
             Central::Unreachable(why) => Err(why.clone()),
             Central::Absent => Ok(()),
         }
