@@ -197,7 +197,7 @@ impl RunFolder {
         }
         for suffix in ["-wal", "-shm"] {
             let name = format!("{database}{suffix}");
-            match sys::create_file_in(&self.fd, &name, (stat.st_mode & 0o666) as u32) {
+            match sys::create_file_in(&self.fd, &name, stat.st_mode & 0o666) {
                 Ok(_) | Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(io(format!("creating '{name}'"), errno)),
             }
