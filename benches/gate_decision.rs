@@ -29,6 +29,22 @@ fn main() {
         std::hint::black_box(evosync::gate::command::parse(&allowed).expect("parses"));
     });
 
+    // What an allowed push adds before the hand-over: the sqlite3_rsync version check (from its cache, as every push
+    // but the first after an install; and uncached, running the binary) and the seccomp filter's compilation.
+    let program = config.sqlite3_rsync.clone();
+    gate::rsync_version::check(&program, &config.state_dir).expect("a new enough sqlite3_rsync");
+    let version_cached = median_of(20_000, || {
+        std::hint::black_box(gate::rsync_version::check(&program, &config.state_dir).is_ok());
+    });
+    let cache = config.state_dir.join(gate::rsync_version::CACHE_FILE);
+    let version_uncached = median_of(200, || {
+        let _ = std::fs::remove_file(&cache);
+        std::hint::black_box(gate::rsync_version::check(&program, &config.state_dir).is_ok());
+    });
+    let seccomp_filter = median_of(20_000, || {
+        std::hint::black_box(evosync::fs::sandbox::socket_filter().expect("filter"));
+    });
+
     let gate_bin = Path::new(env!("CARGO_BIN_EXE_evosync-gate"));
     let true_bin = Path::new("/bin/true");
     let runs = 300;
@@ -88,6 +104,9 @@ fn main() {
     println!("  open the state store (in-process)                 {:>9.2} us", us(open_store));
     println!("  look a key up (in-process)                        {:>9.2} us", us(lookup));
     println!("  append one hash-chained audit record (in-process) {:>9.2} us", us(append));
+    println!("  sqlite3_rsync version check, cached (in-process)  {:>9.2} us", us(version_cached));
+    println!("  sqlite3_rsync version check, uncached (runs it)   {:>9.2} us", us(version_uncached));
+    println!("  build the seccomp filter (in-process)             {:>9.2} us", us(seccomp_filter));
     println!("  baseline: spawn /bin/true                         {:>9.2} us", us(baseline));
     println!(
         "  evosync-gate explain (allowed push), whole process {:>9.2} us  ({:.2}x baseline, +{:.2} us)",

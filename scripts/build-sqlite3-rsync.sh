@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Builds the stock sqlite3_rsync (SQLite >= 3.50) from Debian's source package of sqlite3 and installs it.
+# Builds the stock sqlite3_rsync (SQLite >= 3.53.4) from Debian's source package of sqlite3 and installs it.
 #
 # Debian 12 ships SQLite 3.40, which has no sqlite3_rsync. The sid suite's source package carries the full SQLite tree
 # (tool/sqlite3_rsync.c included). apt reads a private source list here, so the machine's own sources stay untouched;
 # the mirror is the one the machine already uses.
 #
 # Usage: scripts/build-sqlite3-rsync.sh [DEST]   (DEST defaults to /usr/local/bin/sqlite3_rsync)
-# Does nothing when DEST already holds sqlite3_rsync of SQLite 3.50 or newer.
+# Does nothing when DEST already holds sqlite3_rsync of SQLite 3.53.4 or newer.
+#
+# Why 3.53.4: before it, the replica side accepted a page size of up to 2^31 in an ORIGIN_BEGIN it answered with a
+# protocol counter-offer, and the next ORIGIN_PAGE read that many bytes into a 64 KiB stack buffer. 3.53.4 caps the
+# page size at 64 KiB and checks every ORIGIN_BEGIN. The gate refuses to run anything older (src/gate/rsync_version.rs
+# holds the same date).
 set -euo pipefail
 
 dest=${1:-/usr/local/bin/sqlite3_rsync}
-# `sqlite3_rsync --version` prints SQLite's source id ("DATE TIME HASH"), not a version number; 3.50.0 is the release
-# of 2025-05-29, so an older source date means an older release.
-min_source_date=${MIN_SOURCE_DATE:-2025-05-29}
+# `sqlite3_rsync --version` prints SQLite's source id ("DATE TIME HASH"), not a version number; 3.53.4's source date is
+# 2026-07-24, so an older source date means an older release.
+min_source_date=${MIN_SOURCE_DATE:-2026-07-24}
 
 version_ok() {
   local have
@@ -73,5 +78,5 @@ cd "$tree"
 ./configure --disable-tcl >/dev/null
 make -j"$(nproc)" sqlite3_rsync >/dev/null
 install -D -m 0755 sqlite3_rsync "$dest"
-version_ok "$dest" || { echo "build-sqlite3-rsync: built binary predates $min_source_date (3.50)" >&2; exit 1; }
+version_ok "$dest" || { echo "build-sqlite3-rsync: built binary predates $min_source_date (3.53.4)" >&2; exit 1; }
 echo "installed sqlite3_rsync of $("$dest" --version | awk '{print $1}') ($(basename "$orig")) at $dest"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test of evosync on a fresh Debian machine: installs what the tests need (openssh-server, the stock
-# sqlite3_rsync >= 3.50 built from Debian's source package, the test accounts), then formatting, lints, and the unit,
+# sqlite3_rsync >= 3.53.4 built from Debian's source package, the test accounts), then formatting, lints, and the unit,
 # integration and compliance tests against a real sshd on loopback.
 # Needs root (it installs packages, creates accounts and runs sshd); uses sudo when started as another user.
 set -euo pipefail

@@ -105,45 +105,213 @@ pub fn claim_run(store: &Store, party: &str, run: &str) -> Result<(), ClaimError
     }
 }
 
-/// How much a party may still store (replicas and analysis files count alike).
+/// A party's footprint: bytes of regular files, and entries (files and folders).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub files: u64,
+}
+
+/// Why there is no room.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Headroom {
-    /// The policy sets no `max_party_bytes`.
-    Unlimited,
-    Left(u64),
-    /// At or over the quota.
-    Full {
-        used: u64,
-        max: u64,
-    },
+pub enum OverQuota {
+    /// `max_party_bytes`: `used` counts what is stored and what is reserved.
+    Bytes { used: u64, max: u64 },
+    /// `max_party_files`.
+    Files { used: u64, max: u64 },
+}
+
+/// How much a party may still add: its limits, less what it stores, less what is reserved for uploads and pushes in
+/// flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// `None` when the policy sets no `max_party_bytes`.
+    pub bytes: Option<u64>,
+    pub files: u64,
+    /// Stored plus reserved, and the limits, for the messages.
+    taken: Usage,
+    max_bytes: Option<u64>,
+    max_files: u64,
 }
 
 impl Headroom {
-    /// The headroom under `limits` for a party that stores `used` bytes; `used` is only asked for when there is a
-    /// quota, since measuring a tree costs a walk.
-    pub fn of<E>(limits: &Limits, used: impl FnOnce() -> Result<u64, E>) -> Result<Headroom, E> {
-        let Some(max) = limits.max_party_bytes else { return Ok(Headroom::Unlimited) };
-        let used = used()?;
-        Ok(if used >= max.0 { Headroom::Full { used, max: max.0 } } else { Headroom::Left(max.0 - used) })
-    }
-
-    /// Bytes that may still be added; `None` without a quota.
-    pub fn left(self) -> Option<u64> {
-        match self {
-            Headroom::Unlimited => None,
-            Headroom::Left(left) => Some(left),
-            Headroom::Full { .. } => Some(0),
+    pub fn of(limits: &Limits, used: Usage, reserved: Usage) -> Headroom {
+        let taken = Usage {
+            bytes: used.bytes.saturating_add(reserved.bytes),
+            files: used.files.saturating_add(reserved.files),
+        };
+        let max_bytes = limits.max_party_bytes.map(|max| max.0);
+        Headroom {
+            bytes: max_bytes.map(|max| max.saturating_sub(taken.bytes)),
+            files: limits.max_party_files.saturating_sub(taken.files),
+            taken,
+            max_bytes,
+            max_files: limits.max_party_files,
         }
     }
 
-    /// The size a replica that holds `current_bytes` now may grow to: `max_db_bytes`, or less where the party has
-    /// less left.
-    pub fn replica_size_limit(self, limits: &Limits, current_bytes: u64) -> u64 {
-        match self.left() {
-            None => limits.max_db_bytes.0,
-            Some(left) => limits.max_db_bytes.0.min(left.saturating_add(current_bytes)),
+    /// Whether `room` fits whole.
+    pub fn fits(&self, room: Usage) -> Result<(), OverQuota> {
+        if room.files > self.files {
+            return Err(OverQuota::Files { used: self.taken.files, max: self.max_files });
+        }
+        match (self.bytes, self.max_bytes) {
+            (Some(left), Some(max)) if room.bytes > left => Err(OverQuota::Bytes { used: self.taken.bytes, max }),
+            _ => Ok(()),
         }
     }
+
+    /// Room for a push of a replica that holds `current_bytes` now and adds `new_files` entries: as much of
+    /// `max_db_bytes` as the party has left. Refused when nothing is left. Returns (RLIMIT_FSIZE, bytes to reserve).
+    pub fn for_push(&self, limits: &Limits, current_bytes: u64, new_files: u64) -> Result<(u64, u64), OverQuota> {
+        self.fits(Usage { bytes: 0, files: new_files })?;
+        let max_db = limits.max_db_bytes.0;
+        let fsize_limit = match (self.bytes, self.max_bytes) {
+            (Some(0), Some(max)) => return Err(OverQuota::Bytes { used: self.taken.bytes, max }),
+            (Some(left), _) => max_db.min(left.saturating_add(current_bytes)),
+            (None, _) => max_db,
+        };
+        Ok((fsize_limit, fsize_limit.saturating_sub(current_bytes)))
+    }
+}
+
+/// The book of every party's quota in a long-lived process: the last measured usage, what uploads and pushes in
+/// flight have reserved, and what finished ones added since. A reservation is granted only against the headroom left
+/// after every other reservation, so concurrent writers together never pass a party's limits.
+#[derive(Default)]
+pub struct Reservations {
+    parties: std::sync::Mutex<std::collections::HashMap<String, Book>>,
+}
+
+#[derive(Default)]
+struct Book {
+    /// The last walk's figure, kept current by what finished since; `None` until measured or after `stale`.
+    used: Option<(Usage, std::time::Instant)>,
+    reserved: Usage,
+}
+
+/// How long a walk's figure is trusted before the tree is walked again.
+const USAGE_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A reservation to hand back with `Reservations::settle`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reserved {
+    pub party: String,
+    pub room: Usage,
+}
+
+impl Reserved {
+    /// Nothing reserved yet.
+    pub fn none(party: &str) -> Reserved {
+        Reserved { party: party.to_owned(), room: Usage::default() }
+    }
+
+    /// Takes another reservation of the same party into this one, to be handed back together.
+    pub fn absorb(&mut self, other: Reserved) {
+        debug_assert_eq!(self.party, other.party);
+        self.room = add(self.room, other.room);
+    }
+}
+
+impl Reservations {
+    /// Reserves `room` whole for `party` (an upload). `measure` walks the party's tree when the book has no fresh
+    /// figure.
+    pub fn reserve<E>(
+        &self,
+        party: &str,
+        limits: &Limits,
+        room: Usage,
+        measure: impl FnOnce() -> Result<Usage, E>,
+    ) -> Result<Result<Reserved, OverQuota>, E> {
+        self.measure_if_stale(party, measure)?;
+        Ok(self.with_book(party, |book| {
+            Headroom::of(limits, book.used(), book.reserved).fits(room)?;
+            book.reserved = add(book.reserved, room);
+            Ok(Reserved { party: party.to_owned(), room })
+        }))
+    }
+
+    /// Reserves for a push of a replica that holds `current_bytes` now: as many bytes as are left, up to
+    /// `max_db_bytes`, and `new_files` entries. Returns the child's RLIMIT_FSIZE with the reservation.
+    pub fn reserve_push<E>(
+        &self,
+        party: &str,
+        limits: &Limits,
+        current_bytes: u64,
+        new_files: u64,
+        measure: impl FnOnce() -> Result<Usage, E>,
+    ) -> Result<Result<(u64, Reserved), OverQuota>, E> {
+        self.measure_if_stale(party, measure)?;
+        Ok(self.with_book(party, |book| {
+            let headroom = Headroom::of(limits, book.used(), book.reserved);
+            let (fsize_limit, bytes) = headroom.for_push(limits, current_bytes, new_files)?;
+            let room = Usage { bytes, files: new_files };
+            book.reserved = add(book.reserved, room);
+            Ok((fsize_limit, Reserved { party: party.to_owned(), room }))
+        }))
+    }
+
+    /// The party's headroom now (measuring when the book has no fresh figure).
+    pub fn headroom<E>(
+        &self,
+        party: &str,
+        limits: &Limits,
+        measure: impl FnOnce() -> Result<Usage, E>,
+    ) -> Result<Headroom, E> {
+        self.measure_if_stale(party, measure)?;
+        Ok(self.with_book(party, |book| Headroom::of(limits, book.used(), book.reserved)))
+    }
+
+    /// Walks (outside the lock, so other parties need not wait for this tree) when the figure is missing, or old
+    /// while nothing is in flight. With writers in flight a walk would count their partial files twice.
+    fn measure_if_stale<E>(&self, party: &str, measure: impl FnOnce() -> Result<Usage, E>) -> Result<(), E> {
+        let fresh = self.with_book(party, |book| match book.used {
+            None => false,
+            Some((_, at)) => at.elapsed() < USAGE_FRESH || book.reserved != Usage::default(),
+        });
+        if !fresh {
+            let measured = measure()?;
+            self.with_book(party, |book| book.used = Some((measured, std::time::Instant::now())));
+        }
+        Ok(())
+    }
+
+    /// Hands a reservation back, with what its writer actually changed: `added` stored, `removed` replaced.
+    pub fn settle(&self, reserved: &Reserved, added: Usage, removed: Usage) {
+        self.with_book(&reserved.party, |book| {
+            book.reserved = sub(book.reserved, reserved.room);
+            if let Some((used, _)) = &mut book.used {
+                *used = sub(add(*used, added), removed);
+            }
+        });
+    }
+
+    /// Forgets the measured usage (a push changed the tree by an amount only a walk knows).
+    pub fn stale(&self, party: &str) {
+        self.with_book(party, |book| book.used = None);
+    }
+
+    fn with_book<T>(&self, party: &str, f: impl FnOnce(&mut Book) -> T) -> T {
+        let mut parties = self.parties.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match parties.get_mut(party) {
+            Some(book) => f(book),
+            None => f(parties.entry(party.to_owned()).or_default()),
+        }
+    }
+}
+
+impl Book {
+    fn used(&self) -> Usage {
+        self.used.map(|(used, _)| used).unwrap_or_default()
+    }
+}
+
+fn add(a: Usage, b: Usage) -> Usage {
+    Usage { bytes: a.bytes.saturating_add(b.bytes), files: a.files.saturating_add(b.files) }
+}
+
+fn sub(a: Usage, b: Usage) -> Usage {
+    Usage { bytes: a.bytes.saturating_sub(b.bytes), files: a.files.saturating_sub(b.files) }
 }
 
 #[cfg(test)]
@@ -162,20 +330,47 @@ mod tests {
 
     #[test]
     fn headroom_and_the_replica_limit() {
-        let limits = Limits { max_db_bytes: ByteSize(100), max_party_bytes: Some(ByteSize(1000)), ..Limits::default() };
-        let asked = std::cell::Cell::new(false);
-        let unlimited = Limits::default();
-        let none = Headroom::of(&unlimited, || -> Result<u64, ()> {
-            asked.set(true);
-            Ok(5)
-        });
-        assert_eq!(none, Ok(Headroom::Unlimited));
-        assert!(!asked.get(), "no quota, no walk");
-        assert_eq!(Headroom::of(&limits, || Ok::<_, ()>(1000)), Ok(Headroom::Full { used: 1000, max: 1000 }));
-        let left = Headroom::of(&limits, || Ok::<_, ()>(950)).unwrap();
-        assert_eq!(left, Headroom::Left(50));
-        assert_eq!(left.replica_size_limit(&limits, 30), 80);
-        assert_eq!(Headroom::Left(5000).replica_size_limit(&limits, 30), 100);
-        assert_eq!(Headroom::Unlimited.replica_size_limit(&limits, 30), 100);
+        let limits = Limits {
+            max_db_bytes: ByteSize(100),
+            max_party_bytes: Some(ByteSize(1000)),
+            max_party_files: 10,
+            ..Limits::default()
+        };
+        let used = Usage { bytes: 950, files: 4 };
+        let headroom = Headroom::of(&limits, used, Usage::default());
+        assert_eq!((headroom.bytes, headroom.files), (Some(50), 6));
+        assert_eq!(headroom.for_push(&limits, 30, 1), Ok((80, 50)));
+        assert_eq!(Headroom::of(&limits, Usage::default(), Usage::default()).for_push(&limits, 30, 1), Ok((100, 70)));
+        assert_eq!(headroom.fits(Usage { bytes: 51, files: 0 }), Err(OverQuota::Bytes { used: 950, max: 1000 }));
+        assert_eq!(headroom.fits(Usage { bytes: 0, files: 7 }), Err(OverQuota::Files { used: 4, max: 10 }));
+        let full = Headroom::of(&limits, Usage { bytes: 1000, files: 0 }, Usage::default());
+        assert_eq!(full.for_push(&limits, 30, 0), Err(OverQuota::Bytes { used: 1000, max: 1000 }));
+        let unlimited = Limits { max_party_bytes: None, ..limits.clone() };
+        assert_eq!(Headroom::of(&unlimited, used, Usage::default()).for_push(&unlimited, 30, 0), Ok((100, 70)));
+    }
+
+    #[test]
+    fn reservations_never_pass_the_quota_together() {
+        let limits = Limits { max_party_bytes: Some(ByteSize(1_000_000)), ..Limits::default() };
+        let book = Reservations::default();
+        let walks = std::cell::Cell::new(0);
+        let measure = || -> Result<Usage, ()> {
+            walks.set(walks.get() + 1);
+            Ok(Usage::default())
+        };
+        let upload = Usage { bytes: 600_000, files: 1 };
+        let first = book.reserve("acme", &limits, upload, measure).unwrap().unwrap();
+        assert!(matches!(book.reserve("acme", &limits, upload, measure).unwrap(), Err(OverQuota::Bytes { .. })));
+        assert!(book.reserve("beta", &limits, upload, measure).unwrap().is_ok(), "each party has its own book");
+        // A push gets what is left, no more.
+        let (fsize_limit, push) = book.reserve_push("acme", &limits, 0, 1, measure).unwrap().unwrap();
+        assert_eq!((fsize_limit, push.room.bytes), (400_000, 400_000));
+        assert!(book.reserve_push("acme", &limits, 0, 1, measure).unwrap().is_err());
+        // Handed back: the upload stored 500 KB of its 600 KB; the push's bytes come back for a walk to count.
+        book.settle(&first, Usage { bytes: 500_000, files: 1 }, Usage::default());
+        book.settle(&push, Usage::default(), Usage::default());
+        let headroom = book.headroom("acme", &limits, measure).unwrap();
+        assert_eq!(headroom.bytes, Some(500_000));
+        assert_eq!(walks.get(), 2, "one walk per party while the figure is fresh");
     }
 }

@@ -68,6 +68,28 @@ enum Command {
     },
     /// Run the HTTP service (admin API and the workers' sync endpoints).
     Serve,
+    /// Look the host over (binaries and versions, Landlock, seccomp, the memory limit's cgroup, sshd, folders and
+    /// their modes, accounts) and say what to fix; exit 1 when something must be fixed.
+    Doctor {
+        /// The sshd binary whose `-t` checks the configuration.
+        #[arg(long, default_value = "/usr/sbin/sshd")]
+        sshd: PathBuf,
+        /// The sshd_config to check (with the snippets it includes).
+        #[arg(long, default_value = "/etc/ssh/sshd_config")]
+        sshd_config: PathBuf,
+    },
+    /// The published catalog of verified runs.
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Verify one replica and print the verdict as JSON (the service runs this after each push).
+    #[command(hide = true)]
+    Inspect { party: String, run: String, database: String },
 }
 
 #[derive(clap::Args)]
@@ -90,6 +112,12 @@ struct InitArgs {
     /// shared (one `evosync` account) or per-party (`evosync-NAME` accounts).
     #[arg(long, default_value = "shared")]
     account_mode: String,
+    /// The gates' lock folders [default: state_dir/locks; per-party: /var/lib/evosync-locks]
+    #[arg(long)]
+    locks_dir: Option<PathBuf>,
+    /// The socket between the gates and the service [default: state_dir/gate.sock; per-party: /run/evosync/gate.sock]
+    #[arg(long)]
+    gate_socket: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -233,6 +261,12 @@ fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Init(args) => init_host(&config_path, args, json),
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&config_path, files, json),
+        Command::Doctor { sshd, sshd_config } => doctor(config_path, sshd, sshd_config, json),
+        Command::Catalog { command: CatalogCommand::Inspect { party, run, database } } => {
+            let verdict = crate::catalog::inspect::run(&config_path, &party, &run, &database).map_err(Failure)?;
+            println!("{}", serde_json::to_string(&verdict)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve => {
             let config = Config::load(&config_path)?;
             crate::serve::serve(config, config_path).map_err(Failure::from)?;
@@ -449,7 +483,13 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
                 }
             }
         }
-        Command::Init(_) | Command::Policy { .. } | Command::Serve => unreachable!("handled before the store opens"),
+        Command::Init(_)
+        | Command::Policy { .. }
+        | Command::Serve
+        | Command::Doctor { .. }
+        | Command::Catalog { .. } => {
+            unreachable!("handled before the store opens")
+        }
     }
 }
 
@@ -486,6 +526,8 @@ fn init_host(config_path: &Path, args: InitArgs, json: bool) -> Outcome {
         gate: args.gate,
         listen: args.listen,
         account_mode: args.account_mode,
+        locks_dir: args.locks_dir,
+        gate_socket: args.gate_socket,
     };
     let report = init(config_path, &settings, actor())?;
     show(json, &report, || {
@@ -547,6 +589,17 @@ fn policy_check(config_path: &Path, mut files: Vec<PathBuf>, json: bool) -> Outc
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+fn doctor(config_path: PathBuf, sshd: PathBuf, sshd_config: PathBuf, json: bool) -> Outcome {
+    use crate::admin::doctor;
+    let config = Config::load(&config_path).map_err(|e| e.to_string());
+    let host = doctor::Host { config_path, config, sshd, sshd_config };
+    let findings = doctor::examine(&host);
+    let healthy = !doctor::has_failures(&findings);
+    let value = serde_json::json!({ "ok": healthy, "checks": findings });
+    show(json, &value, || doctor::render(&findings).trim_end().to_owned())?;
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// One line per key, each with the key's state now: active, revoked or expired.

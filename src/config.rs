@@ -1,10 +1,13 @@
 //! The host configuration: `/etc/evosync/evosync.yaml`, or `--config FILE`, or `EVOSYNC_CONFIG`.
 
+use crate::size::ByteSize;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/evosync/evosync.yaml";
 pub const CONFIG_ENV: &str = "EVOSYNC_CONFIG";
+/// The account of the service, and of every party's gate in shared-account mode.
+pub const SHARED_ACCOUNT: &str = "evosync";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,15 +38,43 @@ pub struct Config {
     /// Which account owns a party's tree: `shared` (the `evosync` account) or `per-party` (`evosync-NAME`).
     #[serde(default)]
     pub account_mode: AccountMode,
+    /// The broker socket `evosync serve` answers the gates on (default `state_dir/gate.sock`; in per-party-account
+    /// mode it must lie where the party accounts can reach it, e.g. /run/evosync/gate.sock).
+    #[serde(default)]
+    pub gate_socket: Option<PathBuf>,
+    /// Where the gates keep their lock files, one folder per party (default `state_dir/locks`). In per-party-account
+    /// mode it must lie outside `state_dir`, which the party accounts cannot enter.
+    #[serde(default)]
+    pub locks_dir: Option<PathBuf>,
     /// Where `evosync serve` listens; loopback unless the administrator says otherwise.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Where verified runs are published for readers, one folder of symlinks per run (none: nothing is published,
+    /// pushes are still verified).
+    #[serde(default)]
+    pub catalog_root: Option<PathBuf>,
+    /// The group whose accounts read the catalog (and, through it, the party trees), read-only. A group of its own:
+    /// the service's group also opens the state store, which no reader may.
+    #[serde(default = "default_catalog_group")]
+    pub catalog_group: String,
+    /// How long a run with some of its policy's databases verified waits for the others before it is published
+    /// without them (`600`, `10m`, `1h`).
+    #[serde(default = "default_publish_partial_after", deserialize_with = "crate::time::deserialize_seconds")]
+    pub publish_partial_after: u64,
+    /// What one verification of a pushed database may cost: seconds of its time budget, and its memory.
+    #[serde(default)]
+    pub verify: VerifyLimits,
     /// Bounds on the HTTP service's connections: how many, and how long each may idle or stall.
     #[serde(default)]
     pub http: HttpLimits,
     /// Serve `/metrics` only on this address (e.g. `127.0.0.1:9464`); the main listener then answers 404 for it.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// A cgroup v2 folder delegated to the gate accounts, inside which the gate's sessions run: each sync's child
+    /// gets a cgroup beneath it with `memory.max` at the policy's `max_sync_memory`. Without it (or where the gate
+    /// cannot use it) the child's memory is held by RLIMIT_AS.
+    #[serde(default)]
+    pub sync_cgroup: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -76,6 +107,29 @@ pub enum AccountMode {
     #[default]
     Shared,
     PerParty,
+}
+
+fn default_catalog_group() -> String {
+    "evosync-readers".into()
+}
+
+fn default_publish_partial_after() -> u64 {
+    600
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VerifyLimits {
+    /// The time budget of one verification (its progress handler stops SQLite there).
+    pub seconds: u64,
+    /// The verifying process's memory (RLIMIT_AS and SQLite's hard heap limit below it).
+    pub memory: ByteSize,
+}
+
+impl Default for VerifyLimits {
+    fn default() -> Self {
+        VerifyLimits { seconds: 600, memory: ByteSize(1 << 30) }
+    }
 }
 
 fn default_lock_wait_seconds() -> u64 {
@@ -146,7 +200,14 @@ impl Config {
                 return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
             }
         }
-        for (key, path) in [("audit_log", &config.audit_log), ("authorized_keys", &config.authorized_keys)] {
+        for (key, path) in [
+            ("audit_log", &config.audit_log),
+            ("authorized_keys", &config.authorized_keys),
+            ("gate_socket", &config.gate_socket),
+            ("catalog_root", &config.catalog_root),
+            ("locks_dir", &config.locks_dir),
+            ("sync_cgroup", &config.sync_cgroup),
+        ] {
             if let Some(path) = path {
                 if !path.is_absolute() {
                     return Err(format!("{key} must be an absolute path, not '{}'", path.display()));
@@ -163,6 +224,9 @@ impl Config {
             if address.is_some_and(|a| a.parse::<std::net::SocketAddr>().is_err()) {
                 return Err(format!("{key} must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", address.unwrap()));
             }
+        }
+        if config.verify.seconds == 0 || config.verify.memory.0 < 64 << 20 {
+            return Err("verify: seconds must be at least 1 and memory at least 64MiB".into());
         }
         let http = &config.http;
         if http.max_connections == 0 || http.max_connections > 1_000_000 {
@@ -193,14 +257,19 @@ impl Config {
     /// The account that owns a party's tree and runs its gate.
     pub fn tree_owner(&self, party: &str) -> String {
         match self.account_mode {
-            AccountMode::Shared => "evosync".into(),
+            AccountMode::Shared => SHARED_ACCOUNT.into(),
             AccountMode::PerParty => format!("evosync-{party}"),
         }
     }
 
-    /// Where the gate keeps its per-replica and per-party lock files.
+    /// Where the gates keep their per-replica and per-party lock files.
     pub fn locks_dir(&self) -> PathBuf {
-        self.state_dir.join("locks")
+        self.locks_dir.clone().unwrap_or_else(|| self.state_dir.join("locks"))
+    }
+
+    /// The broker socket between the gates and the service.
+    pub fn gate_socket(&self) -> PathBuf {
+        self.gate_socket.clone().unwrap_or_else(|| self.state_dir.join(crate::broker::SOCKET_FILE))
     }
 }
 

@@ -18,6 +18,8 @@
 
 pub mod access;
 pub mod admin;
+pub mod broker;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod fs;

@@ -25,6 +25,8 @@ pub struct Policy {
     pub limits: Limits,
     pub require_sandbox: bool,
     pub uploads: Uploads,
+    /// The tables each database may hold (the `schemas:` section, else the workers' defaults).
+    pub schemas: crate::catalog::schema::Schemas,
 }
 
 /// What the analysis-file endpoints accept from the party.
@@ -100,6 +102,8 @@ struct PolicyFile {
     require_sandbox: bool,
     #[serde(default)]
     uploads: UploadsFile,
+    #[serde(default)]
+    schemas: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,7 +229,9 @@ impl Policy {
         if uploads.max_parts_per_request == 0 {
             return Err("uploads.max_parts_per_request: must be at least 1".into());
         }
+        let schemas = crate::catalog::schema::schemas_for(&databases, file.schemas)?;
         Ok(Policy {
+            schemas,
             uploads,
             party: file.party,
             push: file.push,

@@ -34,6 +34,40 @@ pub fn parse_date(text: &str) -> Result<i64, String> {
         .map_err(|_| format!("'{text}' is not a date (write 2027-01-31 or 2027-01-31T12:00:00Z)"))
 }
 
+/// Seconds written as `600`, `600s`, `10m` or `1h`.
+pub fn parse_seconds(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("'{text}' is not a duration (write 600, 600s, 10m or 1h)")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("'{text}' is not a duration (write 600, 600s, 10m or 1h)"))
+}
+
+/// For configuration fields that hold a duration in seconds.
+pub fn deserialize_seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Number(u64),
+        Text(String),
+    }
+    match <Written as serde::Deserialize>::deserialize(deserializer)? {
+        Written::Number(n) => Ok(n),
+        Written::Text(text) => parse_seconds(&text).map_err(serde::de::Error::custom),
+    }
+}
+
 /// A new identifier: 16 hex digits of a random UUID.
 pub fn new_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
@@ -73,6 +107,15 @@ mod tests {
         assert!(parse_date("tomorrow").is_err());
         assert_eq!(rfc3339(1_798_761_600), "2027-01-01T00:00:00Z");
         assert_eq!(rfc3339_ns(1_798_761_600_500_000_000), "2027-01-01T00:00:00.5Z");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_seconds("600"), Ok(600));
+        assert_eq!(parse_seconds("10m"), Ok(600));
+        assert_eq!(parse_seconds("1h"), Ok(3600));
+        assert!(parse_seconds("10 minutes").is_err());
+        assert!(parse_seconds("m").is_err());
     }
 
     #[test]

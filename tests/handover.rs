@@ -177,6 +177,7 @@ fn the_party_quota_refuses_a_push_once_it_is_used_up() {
 
 /// Stands in for sqlite3_rsync to probe, from inside the sandbox, what the sync may touch.
 const PROBE: &str = r#"#!/bin/sh
+[ "$1" = --version ] && { echo "2026-07-24 19:02:57 probe"; exit 0; }
 run_folder=$(dirname "$3")
 try() { if "$@" >/dev/stderr 2>&1; then echo "allowed: $*"; else echo "denied: $*"; fi; }
 try touch "$run_folder/genomes.sqlite-wal"

@@ -20,7 +20,14 @@ pub struct InitSettings {
     pub gate: PathBuf,
     pub listen: String,
     pub account_mode: String,
+    /// Where the gates' lock folders go (per-party mode: outside state_dir).
+    pub locks_dir: Option<PathBuf>,
+    /// The broker socket (per-party mode: where party accounts can reach it).
+    pub gate_socket: Option<PathBuf>,
 }
+
+/// Per-party-account mode's defaults: party accounts cannot enter state_dir, so these live elsewhere.
+const PER_PARTY_LOCKS: &str = "/var/lib/evosync-locks";
 
 #[derive(Debug, serde::Serialize)]
 pub struct InitReport {
@@ -33,6 +40,15 @@ pub struct InitReport {
 
 impl InitSettings {
     fn config_text(&self) -> String {
+        let per_party = self.account_mode == "per-party";
+        let locks_dir = self.locks_dir.clone().or_else(|| per_party.then(|| PathBuf::from(PER_PARTY_LOCKS)));
+        let gate_socket =
+            self.gate_socket.clone().or_else(|| per_party.then(|| PathBuf::from(crate::broker::PER_PARTY_SOCKET)));
+        let optional =
+            [("authorized_keys", &self.authorized_keys), ("locks_dir", &locks_dir), ("gate_socket", &gate_socket)]
+                .iter()
+                .filter_map(|(key, path)| path.as_ref().map(|p| format!("{key}: {}\n", p.display())))
+                .collect::<String>();
         format!(
             "# evosync configuration, written by `evosync init`.\nreplica_root: {}\npolicies_dir: {}\nstate_dir: {}\n\
              sqlite3_rsync: {}\ngate: {}\nlisten: {}\naccount_mode: {}\n{}",
@@ -43,7 +59,7 @@ impl InitSettings {
             self.gate.display(),
             self.listen,
             self.account_mode,
-            self.authorized_keys.as_ref().map(|p| format!("authorized_keys: {}\n", p.display())).unwrap_or_default()
+            optional
         )
     }
 }
@@ -65,7 +81,17 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
     make_folder(&config.policies_dir, 0o755, false)?;
     // The gate accounts (group evosync) write the store, the ledger and their locks; nobody else may read them.
     make_folder(&config.state_dir, 0o2770, true)?;
-    make_folder(&config.locks_dir(), 0o2770, true)?;
+    // Shared mode: the gates (group evosync) share one lock folder. Per-party mode: each party gets its own inside
+    // (`party add`), in a folder every account may enter but none may write.
+    match config.account_mode {
+        crate::config::AccountMode::Shared => make_folder(&config.locks_dir(), 0o2770, true)?,
+        crate::config::AccountMode::PerParty => make_folder(&config.locks_dir(), 0o755, false)?,
+    }
+    if let Some(folder) = config.gate_socket().parent() {
+        if !folder.exists() {
+            make_folder(folder, 0o755, false)?;
+        }
+    }
     if let Some(folder) = config.authorized_keys.as_ref().and_then(|keys| keys.parent()) {
         make_folder(folder, 0o755, false)?;
     }

@@ -1,13 +1,14 @@
 //! Administrative operations, shared by the command line (`cli`) and the admin HTTP API (`serve::admin_api`): each
 //! one checks its input, changes the store (and the files that follow from it), and leaves one record in the audit
-//! trail. `init` sets a host up; `authorized_keys` owns the managed file.
+//! trail. `init` sets a host up; `authorized_keys` owns the managed file; `doctor` looks a host over.
 
 pub mod authorized_keys;
+pub mod doctor;
 pub mod init;
 
 use crate::access;
 use crate::config::Config;
-use crate::fs::landing;
+use crate::fs::{landing, sys};
 use crate::keys::{self, authorized_keys_line, KeyLine};
 use crate::names::is_party_name;
 use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
@@ -198,9 +199,34 @@ impl<'a> Admin<'a> {
         }
         let root = self.config.replica_root.join(name);
         std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-        crate::fs::sys::chown_to_account(&root, &self.config.tree_owner(name));
+        self.separate_party(name, &root, &policy)?;
         self.audit("party.add", name, name, "")?;
         Ok(party)
+    }
+
+    /// Per-party-account mode: the party's tree, its lock folder and its policy belong to its own account and group,
+    /// so no other party's account can read them. The tree is setgid to the party's group (2770): what the gate writes
+    /// and what the service writes (the service's account is a member of every party group) stay readable by both.
+    /// Shared-account mode: the tree is the shared account's.
+    fn separate_party(&self, name: &str, root: &Path, policy: &Path) -> Result<()> {
+        let owner = self.config.tree_owner(name);
+        if self.config.account_mode != crate::config::AccountMode::PerParty {
+            sys::chown_to_account(root, &owner);
+            return Ok(());
+        }
+        let Some(ids) = sys::account_ids(&owner) else {
+            return Err(AdminError::Invalid(format!(
+                "per-party-account mode needs the account {owner} (see sshd/evosync-per-party-accounts.conf):                  groupadd {owner}; useradd --gid {owner} --shell /bin/sh {owner}; usermod -aG {owner} evosync"
+            )));
+        };
+        let locks = self.config.locks_dir().join(name);
+        std::fs::create_dir_all(&locks).map_err(io(format!("creating {}", locks.display())))?;
+        let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
+        sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
+        sys::give_path(&locks, ids, 0o700).map_err(failed(&locks))?;
+        // Readable by the party's gate and the service (a member of the party's group), by no other party.
+        sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
+        Ok(())
     }
 
     pub fn parties(&self) -> Result<Vec<Party>> {

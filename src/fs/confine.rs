@@ -3,6 +3,7 @@
 //! Every step below the replica root goes through openat2 with RESOLVE_BENEATH and RESOLVE_NO_SYMLINKS, so a symlink
 //! or `..` planted anywhere in a party's tree stops the request instead of redirecting it.
 
+use crate::access::Usage;
 use crate::fs::sys;
 use nix::errno::Errno;
 use std::os::fd::OwnedFd;
@@ -32,6 +33,8 @@ pub enum ConfineError {
     HardLinked { run: String, name: String, links: u64 },
     #[error("party '{party}' stores {used} bytes, at or over its quota (max_party_bytes: {max}); free space first")]
     OverQuota { party: String, used: u64, max: u64 },
+    #[error("party '{party}' has {count} files and folders, its limit (max_party_files: {max}); remove some first")]
+    TooManyFiles { party: String, count: u64, max: u64 },
     #[error("the file system refused {what}: {errno}")]
     Io { what: String, errno: Errno },
 }
@@ -125,20 +128,23 @@ impl PartyTree {
         Ok(entries.iter().filter(|(_, stat)| sys::is_dir(stat)).count() as u64)
     }
 
-    /// Bytes of regular files in the whole party tree (replicas and analysis files alike).
-    pub fn usage_bytes(&self) -> Result<u64, ConfineError> {
-        fn walk(dir: &OwnedFd, depth: u32) -> Result<u64, Errno> {
-            let mut total = 0u64;
+    /// What the whole party tree holds: bytes of regular files (replicas and analysis files alike), and entries
+    /// (files and folders, the tree's root not counted).
+    pub fn usage(&self) -> Result<Usage, ConfineError> {
+        fn walk(dir: &OwnedFd, depth: u32, usage: &mut Usage) -> Result<(), Errno> {
             for (name, stat) in sys::list_dir(dir)? {
+                usage.files += 1;
                 if sys::is_regular_file(&stat) {
-                    total = total.saturating_add(stat.st_size.max(0) as u64);
+                    usage.bytes = usage.bytes.saturating_add(stat.st_size.max(0) as u64);
                 } else if sys::is_dir(&stat) && depth < 16 {
-                    total = total.saturating_add(walk(&sys::open_dir_beneath(dir, &name)?, depth + 1)?);
+                    walk(&sys::open_dir_beneath(dir, &name)?, depth + 1, usage)?;
                 }
             }
-            Ok(total)
+            Ok(())
         }
-        walk(&self.fd, 0).map_err(|errno| io("measuring the party tree".into(), errno))
+        let mut usage = Usage::default();
+        walk(&self.fd, 0, &mut usage).map_err(|errno| io("measuring the party tree".into(), errno))?;
+        Ok(usage)
     }
 
     pub fn party(&self) -> &str {
@@ -169,6 +175,36 @@ impl RunFolder {
         Ok(bytes)
     }
 
+    /// Entries a push of `database` would add: the database and its WAL companions that do not exist yet.
+    pub fn new_entries(&self, database: &str) -> u64 {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter(|suffix| sys::stat_in(&self.fd, &format!("{database}{suffix}")).ok().flatten().is_none())
+            .count() as u64
+    }
+
+    /// Puts back an empty `-wal` and `-shm` beside `database` where SQLite removed them (its last connection closing
+    /// does): a reader that may not create files opens a WAL database read-only only while both exist. Empty ones are
+    /// what SQLite itself leaves after a checkpoint; the next connection fills them in.
+    pub fn keep_wal_companions(&self, database: &str) -> Result<(), ConfineError> {
+        let Some(stat) =
+            sys::stat_in(&self.fd, database).map_err(|errno| io(format!("a look at '{database}'"), errno))?
+        else {
+            return Ok(());
+        };
+        if !sys::is_regular_file(&stat) {
+            return Ok(());
+        }
+        for suffix in ["-wal", "-shm"] {
+            let name = format!("{database}{suffix}");
+            match sys::create_file_in(&self.fd, &name, stat.st_mode & 0o666) {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(io(format!("creating '{name}'"), errno)),
+            }
+        }
+        Ok(())
+    }
+
     pub fn database_path(&self, database: &str) -> PathBuf {
         self.path.join(database)
     }
@@ -181,13 +217,22 @@ impl RunFolder {
 
 /// Opens (creating when `create`) the folder `segments` beneath `run_folder`; `Ok(None)` when it does not exist.
 pub fn open_beneath(run_folder: &OwnedFd, segments: &[&str], create: bool) -> Result<Option<OwnedFd>, Errno> {
-    let mut current: Option<OwnedFd> = None;
+    Ok(open_beneath_counting(run_folder, segments, create)?.map(|(fd, _)| fd))
+}
+
+/// As `open_beneath`, with how many folders it created on the way.
+pub fn open_beneath_counting(
+    run_folder: &OwnedFd,
+    segments: &[&str],
+    create: bool,
+) -> Result<Option<(OwnedFd, u64)>, Errno> {
+    let (mut current, mut created): (Option<OwnedFd>, u64) = (None, 0);
     for segment in segments {
         let parent = current.as_ref().unwrap_or(run_folder);
         // Open first: the folder nearly always exists, and a mkdir would lock the parent on every upload.
         let opened = match sys::open_dir_beneath(parent, segment) {
             Err(Errno::ENOENT) if create => {
-                sys::make_dir_in(parent, segment)?;
+                created += u64::from(sys::make_dir_in(parent, segment)?);
                 sys::open_dir_beneath(parent, segment)
             }
             other => other,
@@ -198,7 +243,7 @@ pub fn open_beneath(run_folder: &OwnedFd, segments: &[&str], create: bool) -> Re
             Err(e) => return Err(e),
         }
     }
-    Ok(current)
+    Ok(current.map(|fd| (fd, created)))
 }
 
 /// The absolute path handed to sqlite3_rsync must reach the very folder proven above.

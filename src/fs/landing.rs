@@ -39,6 +39,9 @@ pub struct StoredFile {
     pub sha256: String,
     /// Bytes of the version it replaced (0 for a new file).
     pub replaced_bytes: u64,
+    /// Whether it replaced a file of its name.
+    #[serde(skip)]
+    pub replaced: bool,
     /// Its modification time, as listings report it.
     #[serde(skip)]
     pub modified_ns: i64,
@@ -147,7 +150,8 @@ impl PendingFile {
         drop(file);
         let dir = self.dir.as_ref();
         // Most uploads are new files: one rename that refuses to replace, and a stat only when it did refuse.
-        let replaced_bytes = if sys::rename_new_in(dir, &self.temp_name, &self.name)? {
+        let replaced = !sys::rename_new_in(dir, &self.temp_name, &self.name)?;
+        let replaced_bytes = if !replaced {
             0
         } else if !replace {
             return Err(FinishError::Io(std::io::ErrorKind::AlreadyExists.into()));
@@ -163,6 +167,7 @@ impl PendingFile {
             bytes: self.bytes,
             sha256: crate::time::hex(&digest),
             replaced_bytes,
+            replaced,
             modified_ns,
         })
     }

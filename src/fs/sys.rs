@@ -41,9 +41,12 @@ pub fn landlock_abi_version() -> i64 {
     version.max(0)
 }
 
-/// Creates the directory `name` in `dir` (mode 0750). `Ok(false)` when it already exists.
+/// Creates the directory `name` in `dir`: mode 0750, or 0770 inside a setgid folder (a per-party tree, whose group
+/// the service shares; the new folder inherits the setgid bit). `Ok(false)` when it already exists.
 pub fn make_dir_in(dir: &impl AsRawFd, name: &str) -> Result<bool, Errno> {
-    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o750)) {
+    let shared = fstat(dir).is_ok_and(|stat| stat.st_mode & libc::S_ISGID != 0);
+    let mode = if shared { 0o770 } else { 0o750 };
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode)) {
         Ok(()) => Ok(true),
         Err(Errno::EEXIST) => Ok(false),
         Err(e) => Err(e),
@@ -223,6 +226,19 @@ pub fn chown_to_account(path: &Path, account: &str) {
     }
 }
 
+/// (uid, primary gid) of `account`, when it exists.
+pub fn account_ids(account: &str) -> Option<(u32, u32)> {
+    nix::unistd::User::from_name(account).ok().flatten().map(|user| (user.uid.as_raw(), user.gid.as_raw()))
+}
+
+/// Gives `path` to (uid, gid) with `mode` (the setgid bit included); a process that is not root only sets the mode.
+pub fn give_path(path: &Path, (uid, gid): (u32, u32), mode: u32) -> std::io::Result<()> {
+    if is_root() {
+        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))?;
+    }
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+}
+
 /// Gives `path` to the group `group` when running as root and the group exists.
 pub fn chgrp(path: &Path, group: &str) -> std::io::Result<()> {
     if !is_root() {
@@ -237,6 +253,11 @@ pub fn chgrp(path: &Path, group: &str) -> std::io::Result<()> {
 /// The name of the account this process runs as (one NSS lookup).
 pub fn account_name() -> Option<String> {
     nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|user| user.name)
+}
+
+/// The name of the account with `uid` (one NSS lookup).
+pub fn account_of(uid: u32) -> Option<String> {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)).ok().flatten().map(|user| user.name)
 }
 
 /// The numeric uid, for when the account has no name.
@@ -279,4 +300,175 @@ pub fn unlink_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
 /// Makes the folder's entries durable (after a rename in it).
 pub fn sync_dir(dir: &impl AsRawFd) -> Result<(), Errno> {
     nix::unistd::fsync(dir.as_raw_fd())
+}
+
+// ---- the catalog: symlinks, swaps, removals beneath a folder, POSIX ACLs ----
+
+/// Creates the symlink `name` in `dir`, pointing at `target`.
+pub fn symlink_in(target: &Path, dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
+    nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name)
+}
+
+/// Where the symlink `name` in `dir` points; `None` when it is no symlink (or missing).
+pub fn read_link_in(dir: &impl AsRawFd, name: &str) -> Option<std::path::PathBuf> {
+    nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name).ok().map(std::path::PathBuf::from)
+}
+
+/// Swaps `a` and `b` in `dir` atomically (RENAME_EXCHANGE): whoever looks sees one or the other, never neither.
+pub fn exchange_in(dir: &impl AsRawFd, a: &str, b: &str) -> Result<(), Errno> {
+    let fd = Some(dir.as_raw_fd());
+    nix::fcntl::renameat2(fd, a, fd, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+}
+
+/// Removes `name` in `dir` and everything beneath it, without following a symlink out of it.
+pub fn remove_tree_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
+    match stat_in(dir, name)? {
+        None => Ok(()),
+        Some(stat) if is_dir(&stat) => {
+            let inner = open_dir_beneath(dir, name)?;
+            for (entry, _) in list_dir(&inner)? {
+                remove_tree_in(&inner, &entry)?;
+            }
+            nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::RemoveDir)
+        }
+        Some(_) => unlink_in(dir, name),
+    }
+}
+
+/// One entry of a POSIX ACL: a tag (`ACL_*`), the permission bits (r=4, w=2, x=1), and the uid or gid of a named
+/// entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclEntry {
+    pub tag: u16,
+    pub perm: u16,
+    pub id: Option<u32>,
+}
+
+pub const ACL_USER_OBJ: u16 = 0x01;
+pub const ACL_GROUP_OBJ: u16 = 0x04;
+pub const ACL_GROUP: u16 = 0x08;
+pub const ACL_MASK: u16 = 0x10;
+pub const ACL_OTHER: u16 = 0x20;
+
+/// The kernel's xattr form of an ACL (`linux/posix_acl_xattr.h`): version 2, then (tag, perm, id) little-endian,
+/// sorted by tag and id.
+pub fn acl_xattr(entries: &[AclEntry]) -> Vec<u8> {
+    let mut sorted = entries.to_vec();
+    sorted.sort_by_key(|e| (e.tag, e.id.unwrap_or(u32::MAX)));
+    let mut bytes = 2u32.to_le_bytes().to_vec();
+    for entry in sorted {
+        bytes.extend_from_slice(&entry.tag.to_le_bytes());
+        bytes.extend_from_slice(&entry.perm.to_le_bytes());
+        bytes.extend_from_slice(&entry.id.unwrap_or(u32::MAX).to_le_bytes());
+    }
+    bytes
+}
+
+/// Sets the access ACL of `path` and, for a folder, its default ACL (what everything made in it inherits). Does not
+/// follow a symlink.
+pub fn set_acl(path: &Path, access: &[AclEntry], default: Option<&[AclEntry]>) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut pairs = vec![(c"system.posix_acl_access", acl_xattr(access))];
+    if let Some(default) = default {
+        pairs.push((c"system.posix_acl_default", acl_xattr(default)));
+    }
+    for (name, value) in pairs {
+        // SAFETY: both strings are NUL-terminated and outlive the call; `value` is a valid buffer of its length.
+        let done = unsafe { libc::lsetxattr(c_path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if done != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The gid of `group`, when it exists.
+pub fn group_id(group: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid.as_raw())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The sync child's confinement beyond Landlock: its working folder entered by descriptor, its memory (RLIMIT_AS or a
+// cgroup v2 folder), its seccomp filter, how it ended (with its peak RSS), and what the host offers of each.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Makes the folder open as `dir` the working folder, by its descriptor: no path is resolved, so the folder the gate
+/// proved is the one the child works in. Async-signal-safe (one fchdir).
+pub fn enter_dir(dir: std::os::fd::RawFd) -> std::io::Result<()> {
+    nix::unistd::fchdir(dir).map_err(std::io::Error::from)
+}
+
+/// Caps the calling process's address space at `bytes` (RLIMIT_AS): an allocation past it fails (SQLite reports
+/// out of memory) instead of growing. Async-signal-safe (one setrlimit).
+pub fn limit_address_space(bytes: u64) -> std::io::Result<()> {
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, bytes, bytes).map_err(std::io::Error::from)
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is open as `procs` ("0" names the writer itself).
+/// Async-signal-safe (one write).
+pub fn enter_cgroup(procs: &File) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut procs = procs;
+    procs.write_all(b"0")
+}
+
+/// Whether the kernel takes seccomp filters that return an errno (seccomp(SECCOMP_GET_ACTION_AVAIL)).
+pub fn seccomp_filter_available() -> bool {
+    const SECCOMP_GET_ACTION_AVAIL: libc::c_uint = 2;
+    let action: u32 = libc::SECCOMP_RET_ERRNO;
+    // SAFETY: the kernel only reads the u32 the pointer names, which lives across the call.
+    let answer = unsafe { libc::syscall(libc::SYS_seccomp, SECCOMP_GET_ACTION_AVAIL, 0, &action as *const u32) };
+    answer == 0
+}
+
+/// Installs `program` as the calling thread's seccomp filter (with no_new_privs, which the filter requires).
+/// Async-signal-safe: a prctl and a seccomp call on a program built before the fork.
+pub fn apply_seccomp(program: &[seccompiler::sock_filter]) -> std::io::Result<()> {
+    seccompiler::apply_filter(program).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// The file system type of `path` is cgroup2.
+pub fn is_cgroup2(path: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    statfs(path).map(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC).unwrap_or(false)
+}
+
+/// How a child ended, and the most memory it ever held resident (from wait4's rusage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildEnd {
+    pub state: ChildState,
+    /// Peak resident set size in bytes (ru_maxrss), when the child was reaped.
+    pub peak_rss: Option<u64>,
+}
+
+/// Reaps the child `pid` if it has ended (wait4 with WNOHANG), with its resource usage.
+pub fn child_end(pid: u32) -> Result<ChildEnd, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data the kernel fills in; an all-zero value is a valid one to start from.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers name live locals of the right types for the duration of the call.
+    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, libc::WNOHANG, &mut usage) };
+    if reaped < 0 {
+        return Err(Errno::last());
+    }
+    if reaped == 0 {
+        return Ok(ChildEnd { state: ChildState::Running, peak_rss: None });
+    }
+    let state = if libc::WIFEXITED(status) {
+        ChildState::Exited(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ChildState::Killed(libc::WTERMSIG(status))
+    } else {
+        ChildState::Running
+    };
+    // ru_maxrss is in KiB on Linux.
+    Ok(ChildEnd { state, peak_rss: Some((usage.ru_maxrss.max(0) as u64) * 1024) })
+}
+
+/// (device, inode, mtime seconds, mtime nanoseconds, size) of `path`: what identifies one build of a binary.
+pub fn file_identity(path: &Path) -> std::io::Result<(u64, u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size()))
 }

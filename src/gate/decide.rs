@@ -4,6 +4,7 @@
 //! replica `replica_root/PARTY/RUN/DB`; nothing else names anything.
 
 use super::command::{Direction, Request, SyncRequest};
+use crate::names::MAX_SEGMENT_BYTES;
 use crate::policy::Policy;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum Denial {
     PathShape { path: String, want: &'static str, example: &'static str, prefixes: String },
     #[error("'{run}' is not an allowed run folder name (pattern: {pattern})")]
     RunName { run: String, pattern: String },
+    #[error("a run folder name is at most {max} bytes; this one is {len} (shorten its label)")]
+    RunTooLong { len: usize, max: usize },
     #[error("'{database}' is not an allowed database (allowed: {allowed})")]
     Database { database: String, allowed: String },
 }
@@ -101,6 +104,9 @@ fn party_segments<'a>(path: &'a str, policy: &Policy) -> Vec<&'a str> {
 }
 
 fn checked_run(run: &str, policy: &Policy) -> Result<String, Denial> {
+    if run.len() > MAX_SEGMENT_BYTES {
+        return Err(Denial::RunTooLong { len: run.len(), max: MAX_SEGMENT_BYTES });
+    }
     if policy.allows_run_name(run) {
         Ok(run.to_owned())
     } else {

@@ -1,20 +1,19 @@
 //! `evosync-gate explain`: a dry run over the same plan and survey a real session uses, printed instead of acted on.
 //! Nothing is created, locked, recorded or run.
 
+use super::central::Central;
 use super::decide::Action;
 use super::refusal::Refusal;
 use super::{checked_party, plan, survey, sync_arguments, Plan, Survey};
 use crate::config::Config;
-use crate::store::Store;
 
 /// The decision for `command_line` as `party`, and its reason. Returns (allowed, text).
 pub fn explain(config: &Config, party: &str, command_line: &str) -> (bool, String) {
-    // The store, where there is one and it can be read: the run-owner check needs it.
-    let store_path = config.store_path();
-    let store = store_path.exists().then(|| Store::open_existing(&store_path).ok()).flatten();
+    // The service or the store, where one answers: the run-owner check needs it.
+    let central = Central::connect(config);
     let surveyed = checked_party(party.to_owned())
         .and_then(|party| plan(config, &party, Some(command_line)))
-        .and_then(|plan| survey(config, &plan, store.as_ref()).map(|survey| (plan, survey)));
+        .and_then(|plan| survey(config, &plan, &central).map(|survey| (plan, survey)));
     match surveyed {
         Ok((plan, survey)) => (true, describe(config, &plan, &survey)),
         Err(refusal) => (false, Refusal::explained(&refusal)),
@@ -30,14 +29,19 @@ fn describe(config: &Config, plan: &Plan, survey: &Survey) -> String {
     else {
         return text;
     };
-    let host_path = survey.tree.path().join(&decision.run).join(database);
-    let args = sync_arguments(decision, (*wal_only, *commcheck), &host_path);
+    let run_folder = survey.tree.path().join(&decision.run);
+    let args = sync_arguments(decision, (*wal_only, *commcheck), std::path::Path::new(database));
     let shown: Vec<String> = args.iter().map(|a| shell_words::quote(&a.to_string_lossy()).into_owned()).collect();
-    text.push_str(&format!("\nwould run: {} {}", config.sqlite3_rsync.display(), shown.join(" ")));
+    text.push_str(&format!(
+        "\nwould run: {} {}\nin: {}",
+        config.sqlite3_rsync.display(),
+        shown.join(" "),
+        run_folder.display()
+    ));
     let limits = &plan.policy.limits;
     text.push_str(&format!(
-        "\nlimits: file size {}, {} s, {} concurrent syncs",
-        limits.max_db_bytes, limits.max_sync_seconds, limits.max_concurrent_syncs
+        "\nlimits: file size {}, memory {}, {} s, {} concurrent syncs",
+        limits.max_db_bytes, limits.max_sync_memory, limits.max_sync_seconds, limits.max_concurrent_syncs
     ));
     text
 }

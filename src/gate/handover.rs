@@ -1,11 +1,14 @@
 //! Hand-over: the gate runs sqlite3_rsync on the SSH channel itself (the child inherits stdin and stdout, so no byte
 //! of the sync passes through the gate), holds the locks for as long as it runs, passes SIGHUP/SIGTERM/SIGINT on,
-//! and stops it at the wall-clock limit.
+//! and stops it at the wall-clock limit. The child works in its run folder, entered by the descriptor confinement
+//! proved, under its file size, memory, Landlock and seccomp limits.
 
-use super::sandbox::Sandbox;
+use super::memory::ChildMemory;
+use crate::fs::sandbox::Sandbox;
 use crate::fs::sys::{self, ChildState, Signal};
 use std::ffi::OsString;
 use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,7 +52,8 @@ impl Locks {
         std::fs::create_dir_all(&party_dir)
             .map_err(|source| HandoverError::LockFile { path: party_dir.clone(), source })?;
         let deadline = Instant::now() + wait;
-        let replica_path = party_dir.join(format!("{run}.{database}.lock"));
+        // Named by a digest: any run name the door lets in makes a lock file name of a fixed, short length.
+        let replica_path = party_dir.join(replica_lock_name(run, database));
         let replica = poll_lock(&[replica_path], deadline)?
             .ok_or_else(|| HandoverError::ReplicaBusy { what: format!("{run}/{database}"), waited: wait.as_secs() })?;
         let slots: Vec<PathBuf> = (0..max_slots).map(|n| party_dir.join(format!("slot-{n}.lock"))).collect();
@@ -60,6 +64,13 @@ impl Locks {
         })?;
         Ok(Locks { _replica: replica, _slot: slot })
     }
+}
+
+/// `replica-<32 hex>.lock`: SHA-256 of `RUN/DATABASE`, cut to 128 bits.
+pub fn replica_lock_name(run: &str, database: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{run}/{database}").as_bytes());
+    format!("replica-{}.lock", crate::time::hex(&digest[..16]))
 }
 
 /// Takes the first free lock among `paths`, polling until `deadline`.
@@ -88,9 +99,12 @@ fn poll_lock(paths: &[PathBuf], deadline: Instant) -> Result<Option<nix::fcntl::
 pub struct Launch<'a> {
     pub program: &'a Path,
     pub args: Vec<OsString>,
-    pub working_dir: &'a Path,
+    /// The run folder, open: the child makes it its working folder by this descriptor, so no path is resolved and
+    /// nothing the child is given or prints names a folder of this host.
+    pub run_folder: BorrowedFd<'a>,
     pub fsize_limit: u64,
     pub sandbox: Sandbox,
+    pub memory: ChildMemory,
     pub max_seconds: u64,
 }
 
@@ -99,6 +113,8 @@ pub enum Exit {
     Code(i32),
     Signal(i32),
     TimedOut,
+    /// The child failed at its memory limit (`max_sync_memory`).
+    MemoryLimit,
 }
 
 impl Exit {
@@ -112,6 +128,7 @@ impl Exit {
             Exit::Code(code) => code,
             Exit::Signal(signal) => 128 + signal,
             Exit::TimedOut => 124,
+            Exit::MemoryLimit => 1,
         }
     }
 }
@@ -122,6 +139,7 @@ impl std::fmt::Display for Exit {
             Exit::Code(code) => write!(f, "{code}"),
             Exit::Signal(signal) => write!(f, "signal-{signal}"),
             Exit::TimedOut => f.write_str("timeout"),
+            Exit::MemoryLimit => f.write_str("memory_limit"),
         }
     }
 }
@@ -130,6 +148,9 @@ impl std::fmt::Display for Exit {
 pub struct Outcome {
     pub exit: Exit,
     pub seconds: f64,
+    /// The child's peak resident memory in bytes (its cgroup's peak where it had one, which counts its page cache
+    /// too; else wait4's ru_maxrss).
+    pub peak_rss: Option<u64>,
 }
 
 /// Runs the child to its end. The gate is single-threaded: the signals it handles are blocked and taken with
@@ -139,32 +160,38 @@ pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
     sys::block_signals(&signals).map_err(HandoverError::Wait)?;
     let started = Instant::now();
     let mut command = Command::new(launch.program);
-    command
-        .args(&launch.args)
-        .current_dir(launch.working_dir)
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("LC_ALL", "C")
-        .env("SQLITE_TMPDIR", launch.working_dir);
-    let (fsize_limit, sandbox) = (launch.fsize_limit, launch.sandbox);
+    // SQLite's temp files go to the working folder, named relatively like everything else the child is given.
+    command.args(&launch.args).env_clear().env("PATH", "/usr/bin:/bin").env("LC_ALL", "C").env("SQLITE_TMPDIR", ".");
+    let (fsize_limit, sandbox, run_folder) = (launch.fsize_limit, launch.sandbox, launch.run_folder.as_raw_fd());
+    let memory = launch.memory;
+    let child_memory =
+        memory.for_child().map_err(|source| HandoverError::Spawn { program: launch.program.to_owned(), source })?;
     sys::run_before_exec(&mut command, move || {
         sys::prepare_child(fsize_limit)?;
+        // Before Landlock, which would deny the write to the cgroup's cgroup.procs.
+        child_memory.enforce()?;
+        sys::enter_dir(run_folder)?;
         sandbox.enforce_in_child()
     });
-    let child =
-        command.spawn().map_err(|source| HandoverError::Spawn { program: launch.program.to_owned(), source })?;
+    let spawned = command.spawn();
+    drop(command);
+    let child = spawned.map_err(|source| HandoverError::Spawn { program: launch.program.to_owned(), source })?;
     let pid = child.id();
     sys::set_alarm(launch.max_seconds.clamp(1, u32::MAX as u64) as u32);
     let mut timed_out = false;
-    let exit = loop {
+    let (exit, peak_rss) = loop {
         let signal = signals.wait().map_err(HandoverError::Wait)?;
         match signal {
-            Signal::SIGCHLD => match sys::child_state(pid).map_err(HandoverError::Wait)? {
-                ChildState::Exited(code) if !timed_out => break Exit::Code(code),
-                ChildState::Killed(signal) if !timed_out => break Exit::Signal(signal),
-                ChildState::Exited(_) | ChildState::Killed(_) => break Exit::TimedOut,
-                ChildState::Running => continue,
-            },
+            Signal::SIGCHLD => {
+                let end = sys::child_end(pid).map_err(HandoverError::Wait)?;
+                let exit = match end.state {
+                    ChildState::Exited(_) | ChildState::Killed(_) if timed_out => Exit::TimedOut,
+                    ChildState::Exited(code) => Exit::Code(code),
+                    ChildState::Killed(signal) => Exit::Signal(signal),
+                    ChildState::Running => continue,
+                };
+                break (exit, end.peak_rss);
+            }
             Signal::SIGALRM if !timed_out => {
                 timed_out = true;
                 sys::signal_child(pid, Signal::SIGTERM);
@@ -175,5 +202,8 @@ pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
         }
     };
     sys::set_alarm(0);
-    Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64() })
+    let exit = if exit != Exit::TimedOut && memory.exceeded(peak_rss) { Exit::MemoryLimit } else { exit };
+    let peak_rss = memory.cgroup_peak().or(peak_rss);
+    drop(memory);
+    Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64(), peak_rss })
 }

@@ -7,30 +7,35 @@
 //! prints what `act` would do. Every refusal is a `refusal::RefusalCode`, recorded in one place.
 
 pub mod audit;
+mod central;
 pub mod command;
 pub mod decide;
 mod explain;
 pub mod handover;
 mod keys_command;
+pub mod memory;
 pub mod refusal;
 pub mod reply;
-pub mod sandbox;
+pub mod rsync_version;
 
-use crate::access::{self, ClaimError, Headroom, KeyState, RunOwner};
+use crate::access::RunOwner;
 use crate::config::Config;
-use crate::fs::confine::{ConfineError, PartyTree, RunFolder};
+use crate::fs::confine::{PartyTree, RunFolder};
+use crate::fs::sandbox::Sandbox;
 use crate::log::Line;
 use crate::names::is_party_name;
 use crate::policy::Policy;
-use crate::store::{LedgerRow, Store};
+use crate::store::LedgerRow;
 use audit::Sink;
+use central::Central;
 use clap::{Parser, Subcommand};
 use command::Request;
 use decide::{decide, Action, Decision};
-use handover::{HandoverError, Launch, Locks};
+use handover::{Exit, HandoverError, Launch, Locks};
+use memory::ChildMemory;
 use refusal::{Recorder, Refusal, RefusalCode};
-use sandbox::Sandbox;
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -133,7 +138,7 @@ fn refuse_unconfigured(invocation: &Invocation, detail: &str) -> i32 {
     let command_line = invocation.command.as_deref();
     let recorder = Recorder {
         sink: Sink::new(Default::default(), None),
-        store: None,
+        central: Central::Absent,
         actor: "gate".into(),
         listening: command_line.and_then(command::looks_like_sqlite3_rsync),
         command_line: None,
@@ -199,9 +204,10 @@ pub fn plan(config: &Config, party: &str, command_line: Option<&str>) -> Result<
 /// Serves one SSH session. Returns the process exit status.
 pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
     let command_line = invocation.command.as_deref();
-    let mut recorder = Recorder {
+    let recorder = Recorder {
         sink: Sink::new(config.syslog_facility, config.audit_log.as_deref()),
-        store: None,
+        // The service when it runs (the only way in for a per-party account), else the store, else nothing.
+        central: Central::connect(config),
         actor: match &invocation.key {
             Some(key) => format!("gate:key:{key}"),
             None => "gate".to_owned(),
@@ -209,25 +215,12 @@ pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
         listening: command_line.and_then(command::looks_like_sqlite3_rsync),
         command_line,
     };
-    // The store is where keys are checked and pushes recorded. With --key it is required; without, it is used
-    // when it exists (a host that has never run `evosync init` has none).
-    let store_path = config.store_path();
-    if invocation.key.is_some() || store_path.exists() {
-        match Store::open_existing(&store_path) {
-            Ok(store) => recorder.store = Some(store),
-            Err(error) if invocation.key.is_some() => {
-                let refusal = Refusal::with_detail(RefusalCode::KeysUnavailable, error);
-                return recorder.refuse(recorder.base(), "", "", &refusal);
-            }
-            Err(_) => {}
-        }
-    }
-    let key_party = match (&invocation.key, &recorder.store) {
-        (Some(key), Some(store)) => match key_holder(store, key, invocation.party.as_deref()) {
+    let key_party = match &invocation.key {
+        Some(key) => match key_holder(&recorder.central, key, invocation.party.as_deref()) {
             Ok(party) => Some(party),
             Err(refusal) => return recorder.refuse(recorder.base().field("key", key), "", "", &refusal),
         },
-        _ => None,
+        None => None,
     };
     let party = match key_party.map(Ok).unwrap_or_else(|| party_of(invocation)) {
         Ok(party) => party,
@@ -250,7 +243,7 @@ pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
         Some(database) => format!("{}/{database}", plan.decision.run),
         None => plan.decision.run.clone(),
     };
-    let acted = survey(config, &plan, recorder.store.as_ref())
+    let acted = survey(config, &plan, &recorder.central)
         .and_then(|survey| act(config, &plan, survey, &recorder, invocation.key.as_deref(), line.clone(), &subject));
     match acted {
         Ok(status) => status,
@@ -258,36 +251,29 @@ pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
     }
 }
 
-/// The party a registered key speaks for, when the key may be used now (defence in depth: the authorized_keys file
-/// may lag behind a revoke).
-fn key_holder(store: &Store, key: &str, party_flag: Option<&str>) -> Result<String, Refusal> {
-    let found = store.ssh_key_with_party(key).map_err(|e| Refusal::with_detail(RefusalCode::KeysUnavailable, e))?;
-    let Some((key, party_enabled)) = found else { return Err(RefusalCode::KeyUnknown.into()) };
-    match KeyState::of_ssh_key(&key, party_enabled, crate::time::now()) {
-        KeyState::Active => {}
-        KeyState::Revoked => return Err(RefusalCode::KeyRevoked.into()),
-        KeyState::Expired => return Err(RefusalCode::KeyExpired.into()),
-        KeyState::PartyDisabled => return Err(RefusalCode::PartyDisabled { party: key.party }.into()),
-    }
-    if party_flag.is_some_and(|p| p != key.party) {
+/// The party a registered key speaks for, when the key may be used now and its line names that party.
+fn key_holder(central: &Central, key: &str, party_flag: Option<&str>) -> Result<String, Refusal> {
+    let party = central.key_holder(key)?;
+    if party_flag.is_some_and(|p| p != party) {
         return Err(RefusalCode::KeyOfAnotherParty.into());
     }
-    let _ = store.touch_ssh_key(&key.id);
-    Ok(key.party)
+    Ok(party)
 }
 
-/// What the party's tree holds for a plan, found before anything is created: every check that can refuse a push
-/// runs here, so a refused push leaves no trace in the tree.
+/// What the party's tree holds for a plan, found before anything is created: the checks that can refuse a push on
+/// what is there run here, so a refused push leaves no trace in the tree.
 pub struct Survey {
     tree: PartyTree,
     /// The run folder, when it exists already.
     existing: Option<RunFolder>,
-    /// The most the replica may grow to (RLIMIT_FSIZE of the child).
-    fsize_limit: u64,
+    /// Bytes the replica and its companions hold now.
+    current_bytes: u64,
+    /// Entries a push would add (the run folder, the database and its WAL companions).
+    new_files: u64,
 }
 
-/// Looks at the tree (and, when there is one, the store) for `plan`; changes nothing.
-pub fn survey(config: &Config, plan: &Plan, store: Option<&Store>) -> Result<Survey, Refusal> {
+/// Looks at the tree (and whose the run is) for `plan`; changes nothing.
+pub fn survey(config: &Config, plan: &Plan, central: &Central) -> Result<Survey, Refusal> {
     let party = &plan.party;
     let tree = PartyTree::open(&config.replica_root, party)
         .map_err(|e| Refusal::with_detail(RefusalCode::NoTree { party: party.clone() }, e))?;
@@ -296,33 +282,29 @@ pub fn survey(config: &Config, plan: &Plan, store: Option<&Store>) -> Result<Sur
     let existing = tree.existing_run_folder(run)?;
     let creatable = |tree: &PartyTree| tree.may_create_run(run, plan.policy.create_runs, limits.max_runs);
     let Some(database) = decision.database.as_deref() else {
-        check_owner(store, plan)?;
+        check_owner(central, plan)?;
         if existing.is_none() {
             creatable(&tree)?;
         }
-        return Ok(Survey { tree, existing, fsize_limit: 0 });
+        return Ok(Survey { tree, existing, current_bytes: 0, new_files: 1 });
     };
     let pushing = matches!(decision.action, Action::Push { .. });
-    let current_bytes = match &existing {
-        Some(folder) => folder.check_database(database)?,
-        None if pushing => 0,
+    let (current_bytes, new_files) = match &existing {
+        Some(folder) => (folder.check_database(database)?, folder.new_entries(database)),
+        None if pushing => (0, 4),
         None => return Err(RefusalCode::NothingToPull { run: run.clone() }.into()),
     };
     if !pushing && existing.as_ref().and_then(|f| f.database_size(database)).is_none() {
         let code = RefusalCode::NoReplicaToPull { run: run.clone(), database: database.to_owned() };
         return Err(code.into());
     }
-    let headroom = Headroom::of(limits, || tree.usage_bytes())?;
-    if let (Headroom::Full { used, max }, true) = (headroom, pushing) {
-        return Err(ConfineError::OverQuota { party: party.clone(), used, max }.into());
-    }
     if pushing {
-        check_owner(store, plan)?;
+        check_owner(central, plan)?;
         if existing.is_none() {
             creatable(&tree)?;
         }
     }
-    Ok(Survey { fsize_limit: headroom.replica_size_limit(limits, current_bytes), tree, existing })
+    Ok(Survey { tree, existing, current_bytes, new_files })
 }
 
 /// Carries out an allowed plan: the only part of the gate that writes.
@@ -335,11 +317,11 @@ fn act(
     line: Line,
     subject: &str,
 ) -> Result<i32, Refusal> {
-    let (limits, decision) = (&plan.policy.limits, &plan.decision);
+    let (limits, decision, central) = (&plan.policy.limits, &plan.decision, &recorder.central);
     let (wal_only, commcheck, pushing) = match decision.action {
         Action::MakeRunDir => {
             let folder = survey.tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs)?;
-            claim(recorder.store.as_ref(), plan)?;
+            central.claim(&plan.party, &decision.run)?;
             let line = line.field("event", "decision").field("verdict", "allow").field("created", folder.created);
             recorder.record(&line, &plan.party, subject, "allow", if folder.created { "created" } else { "exists" });
             return Ok(0);
@@ -347,6 +329,9 @@ fn act(
         Action::Push { wal_only, commcheck } => (wal_only, commcheck, true),
         Action::Pull { wal_only, commcheck } => (wal_only, commcheck, false),
     };
+    let program = config.sqlite3_rsync.as_path();
+    rsync_version::check(program, &config.state_dir)
+        .map_err(|e| Refusal::with_detail(RefusalCode::Sqlite3RsyncTooOld, e))?;
     let database = decision.database.as_deref().unwrap_or_default();
     let locks = Locks::acquire(
         &config.locks_dir(),
@@ -360,18 +345,30 @@ fn act(
         HandoverError::LockFile { .. } => Refusal::with_detail(RefusalCode::LocksUnavailable, e),
         e => RefusalCode::Busy(e).into(),
     })?;
+    // A pull writes nothing of the party's: its limit is the replica as it is.
+    let grant = match pushing {
+        true => Some(central.reserve_push(
+            config,
+            &survey.tree,
+            limits,
+            (&decision.run, database),
+            survey.current_bytes,
+            survey.new_files,
+        )?),
+        false => None,
+    };
+    let fsize_limit = grant.as_ref().map_or(survey.current_bytes.max(1), |g| g.fsize_limit);
     let folder = match survey.existing {
         Some(folder) => folder,
         None => survey.tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs)?,
     };
     if pushing {
-        claim(recorder.store.as_ref(), plan)?;
+        central.claim(&plan.party, &decision.run)?;
     }
-    let program = config.sqlite3_rsync.as_path();
     let sandbox = Sandbox::prepare(program, &folder.fd, plan.policy.require_sandbox).map_err(RefusalCode::Sandbox)?;
-    let sandbox_summary = sandbox.summary.clone();
-    let args = sync_arguments(decision, (wal_only, commcheck), &folder.database_path(database));
-    let fsize_limit = survey.fsize_limit;
+    let memory = ChildMemory::prepare(limits.max_sync_memory, config.sync_cgroup.as_deref());
+    let sandbox_summary = format!("{}; {}", sandbox.summary, memory.summary());
+    let args = sync_arguments(decision, (wal_only, commcheck), Path::new(database));
     let allow = line
         .clone()
         .field("event", "decision")
@@ -380,58 +377,63 @@ fn act(
         .field("fsize_limit", fsize_limit);
     recorder.record(&allow, &plan.party, subject, "allow", &sandbox_summary);
     let started_at = crate::time::now();
-    let launch =
-        Launch { program, args, working_dir: &folder.path, fsize_limit, sandbox, max_seconds: limits.max_sync_seconds };
+    let run_folder = folder.fd.as_fd();
+    let max_seconds = limits.max_sync_seconds;
+    let launch = Launch { program, args, run_folder, fsize_limit, sandbox, memory, max_seconds };
     let outcome = handover::run(launch).map_err(|e| Refusal::with_detail(RefusalCode::SyncNotStarted, e))?;
-    drop(locks);
     let after = folder.database_size(database);
+    if pushing {
+        // Still under the replica lock, before anyone verifies or reads what was pushed.
+        if let Err(error) = folder.keep_wal_companions(database) {
+            recorder.store_error(error);
+        }
+    }
     let done = line
         .field("event", "outcome")
         .field("verdict", "done")
         .field("exit", outcome.exit)
         .field("seconds", format!("{:.3}", outcome.seconds))
-        .field_opt("replica_bytes", after);
+        .field_opt("replica_bytes", after)
+        .field_opt("peak_rss", outcome.peak_rss);
     recorder.record(&done, &plan.party, subject, &format!("done:{}", outcome.exit), "");
-    if let Some(store) = &recorder.store {
-        let row = LedgerRow {
-            party: plan.party.clone(),
-            key_id: key.map(str::to_owned),
-            run: decision.run.clone(),
-            database: database.to_owned(),
-            started_at,
-            seconds: outcome.seconds,
-            exit: outcome.exit.to_string(),
-            replica_bytes: after,
-        };
-        if let Err(error) = store.record_sync(&row) {
-            recorder.store_error(error);
-        }
+    if outcome.exit == Exit::MemoryLimit {
+        let why = format!(
+            "the sync needed more memory than this host gives it (max_sync_memory: {}) and was stopped; the replica \
+             keeps its previous content",
+            limits.max_sync_memory
+        );
+        reply::refuse(recorder.listening, &why);
     }
+    let row = LedgerRow {
+        party: plan.party.clone(),
+        key_id: key.map(str::to_owned),
+        run: decision.run.clone(),
+        database: database.to_owned(),
+        started_at,
+        seconds: outcome.seconds,
+        exit: outcome.exit.to_string(),
+        replica_bytes: after,
+    };
+    // Still under the replica lock: what the service does with a finished push happens before the next one starts.
+    if let Err(error) = central.finish(&row) {
+        recorder.store_error(error);
+    }
+    drop((grant, locks));
     Ok(outcome.exit.status())
 }
 
 /// Refuses a run another party owns, before anything is created for it.
-fn check_owner(store: Option<&Store>, plan: &Plan) -> Result<(), Refusal> {
-    let Some(store) = store else { return Ok(()) };
-    match access::run_owner(store, &plan.party, &plan.decision.run) {
-        Ok(RunOwner::Another) => Err(RefusalCode::RunOwned { run: plan.decision.run.clone() }.into()),
-        Ok(_) => Ok(()),
-        Err(error) => Err(Refusal::with_detail(RefusalCode::RunsUnreadable, error)),
+fn check_owner(central: &Central, plan: &Plan) -> Result<(), Refusal> {
+    match central.run_owner(&plan.party, &plan.decision.run)? {
+        RunOwner::Another => Err(RefusalCode::RunOwned { run: plan.decision.run.clone() }.into()),
+        _ => Ok(()),
     }
 }
 
-/// Claims the run folder for the party in the store: a folder is one party's, across all parties.
-fn claim(store: Option<&Store>, plan: &Plan) -> Result<(), Refusal> {
-    let Some(store) = store else { return Ok(()) };
-    access::claim_run(store, &plan.party, &plan.decision.run).map_err(|e| match e {
-        ClaimError::Owned(run) => RefusalCode::RunOwned { run }.into(),
-        ClaimError::Store(error) => Refusal::with_detail(RefusalCode::RunNotRecorded, error),
-    })
-}
-
 /// The argument vector for the configured sqlite3_rsync: the mode, the accepted flags, then the names in the order
-/// the mode expects, with this host's side as the absolute path proven by confinement.
-pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_path: &Path) -> Vec<OsString> {
+/// the mode expects. This host's side is the database's bare name: the child runs in its run folder, so nothing it is
+/// given, and nothing it prints (`--commcheck` echoes both names), names a folder of this host.
+pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), host_side: &Path) -> Vec<OsString> {
     let pushing = matches!(decision.action, Action::Push { .. });
     let mut args: Vec<OsString> = vec![if pushing { "--replica" } else { "--origin" }.into()];
     if commcheck {
@@ -442,9 +444,9 @@ pub fn sync_arguments(decision: &Decision, (wal_only, commcheck): (bool, bool), 
     }
     let peer = OsString::from(&decision.peer_name);
     if pushing {
-        args.extend([peer, host_path.into()]);
+        args.extend([peer, host_side.into()]);
     } else {
-        args.extend([host_path.into(), peer]);
+        args.extend([host_side.into(), peer]);
     }
     args
 }

@@ -4,13 +4,14 @@
 //! A code's `Display` is the text the worker reads (`ERROR: evosync-gate: …`); its `label` is the `code=` field of the
 //! audit line. Details about the host's own set-up travel beside it in `Refusal::detail`, for the host's log only.
 
+use super::central::Central;
 use super::command::{CommandError, Direction};
 use super::decide::Denial;
 use super::handover::HandoverError;
-use super::sandbox::SandboxError;
 use crate::fs::confine::ConfineError;
+use crate::fs::sandbox::SandboxError;
 use crate::log::Line;
-use crate::store::{AuditEntry, Store};
+use crate::store::AuditEntry;
 use std::fmt;
 
 /// Exit status of a refusal (sqlite3_rsync itself exits 1 on errors).
@@ -60,6 +61,16 @@ pub enum RefusalCode {
     RunsUnreadable,
     RunNotRecorded,
     SyncNotStarted,
+    /// The service could not say how much room the party has.
+    QuotaUnknown,
+    /// Another push of the party holds its quota lock (standalone, no service).
+    QuotaBusy {
+        party: String,
+        waited: u64,
+    },
+    /// The configured sqlite3_rsync predates the release that checks every ORIGIN_BEGIN's page size, or is not
+    /// sqlite3_rsync at all (the detail says which; see `rsync_version`).
+    Sqlite3RsyncTooOld,
 }
 
 impl RefusalCode {
@@ -76,8 +87,11 @@ impl RefusalCode {
             KeyUnknown | KeyRevoked | KeyExpired | PartyDisabled { .. } | KeyOfAnotherParty => "key",
             NoTree { .. } | Confine(_) | NothingToPull { .. } | NoReplicaToPull { .. } => "confine",
             RunOwned { .. } => "run",
-            Busy(_) => "busy",
-            KeysUnavailable | LocksUnavailable | RunsUnreadable | RunNotRecorded | SyncNotStarted => "internal",
+            Busy(_) | QuotaBusy { .. } => "busy",
+            KeysUnavailable | LocksUnavailable | RunsUnreadable | RunNotRecorded | SyncNotStarted | QuotaUnknown => {
+                "internal"
+            }
+            Sqlite3RsyncTooOld => "sqlite3_rsync",
         }
     }
 }
@@ -117,6 +131,15 @@ impl fmt::Display for RefusalCode {
             RunsUnreadable => f.write_str("the central host cannot read its runs; tell the administrator"),
             RunNotRecorded => f.write_str("the central host cannot record the run; tell the administrator"),
             SyncNotStarted => f.write_str("the central host could not run the sync; tell the administrator"),
+            QuotaUnknown => f.write_str("the central host cannot count your quota now; tell the administrator"),
+            QuotaBusy { party, waited } => write!(
+                f,
+                "another push of party '{party}' is taking its quota's room; try again later (waited {waited}s)"
+            ),
+            Sqlite3RsyncTooOld => f.write_str(
+                "the central host's sqlite3_rsync is too old to be run safely (it needs SQLite 3.53.4 or newer); \
+                 tell the administrator",
+            ),
         }
     }
 }
@@ -154,10 +177,10 @@ impl From<ConfineError> for Refusal {
     }
 }
 
-/// What one session writes its records to: the audit sink and, when there is one, the state store.
+/// What one session writes its records to: the audit sink and the central record (the service or the store).
 pub struct Recorder<'a> {
     pub sink: super::audit::Sink,
-    pub store: Option<Store>,
+    pub central: Central,
     pub actor: String,
     /// Whether a stock sqlite3_rsync reads our stdout, and as which side.
     pub listening: Option<Direction>,
@@ -170,21 +193,18 @@ impl Recorder<'_> {
         Line::new().field_opt("command", self.command_line)
     }
 
-    /// One audit line, and one record in the store's hash-chained trail; stderr only when neither took it.
+    /// One audit line, and one record in the hash-chained trail; stderr only when neither took it.
     pub fn record(&self, line: &Line, party: &str, subject: &str, outcome: &str, detail: &str) {
         let logged = self.sink.write_host_side(line);
-        let stored = match &self.store {
-            Some(store) => {
-                let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
-                match store.append_audit(&entry) {
-                    Ok(_) => true,
-                    Err(error) => {
-                        self.store_error(error);
-                        false
-                    }
+        let stored = !self.central.is_absent() && {
+            let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
+            match self.central.audit(&entry) {
+                Ok(()) => true,
+                Err(error) => {
+                    self.store_error(error);
+                    false
                 }
             }
-            None => false,
         };
         if !logged && !stored {
             line.to_stderr();

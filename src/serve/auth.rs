@@ -142,7 +142,7 @@ impl Auth {
     }
 
     /// The party's policy, re-read when its file changes.
-    fn policy(&self, state: &Shared, party: &str) -> Result<Arc<Policy>, ApiError> {
+    pub fn policy(&self, state: &Shared, party: &str) -> Result<Arc<Policy>, ApiError> {
         let path = state.config.policy_path(party);
         let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if let Ok(cache) = self.policies.lock() {

@@ -48,6 +48,10 @@ pub enum ApiError {
         run: String,
         pattern: String,
     },
+    RunTooLong {
+        len: usize,
+        max: usize,
+    },
     NoSuchRun {
         run: String,
     },
@@ -102,6 +106,10 @@ pub enum ApiError {
         party: String,
         quota: String,
     },
+    TooManyFiles {
+        party: String,
+        max: u64,
+    },
     NoEndpoint,
     // ---- the host ----
     FolderConflict(String),
@@ -122,6 +130,7 @@ impl ApiError {
             Form(error) if error.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
             BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             RunName { .. }
+            | RunTooLong { .. }
             | Name(_)
             | BadRegistration(_)
             | BadJson(_)
@@ -139,7 +148,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            OverQuota { .. } | AtQuota { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Admin(error) => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             NoTree | Confine(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -158,7 +167,7 @@ impl ApiError {
             NoAdminToken | BadAdminToken | RevokedAdminToken | ExpiredAdminToken => "admin-token",
             RateLimited { .. } => "rate",
             AuthRateLimited { .. } => "auth-rate",
-            RunName { .. } => "run-name",
+            RunName { .. } | RunTooLong { .. } => "run-name",
             NoSuchRun { .. } => "no-run",
             OtherPartysRun { .. } => "other-party",
             NoTree | Confine(_) => "confine",
@@ -171,7 +180,7 @@ impl ApiError {
             BodyStalled { .. } => "body-stalled",
             BadDigestHeader(_) | Digest(_) => "digest",
             TooLarge { .. } => "too-large",
-            OverQuota { .. } | AtQuota { .. } => "quota",
+            OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } => "quota",
             NoEndpoint => "no-endpoint",
             FolderConflict(_) => "folder",
             Storage(_) => "storage",
@@ -204,6 +213,9 @@ impl fmt::Display for ApiError {
                  {retry_after} s"
             ),
             RunName { run, pattern } => write!(f, "'{run}' is not an allowed run name (pattern: {pattern})"),
+            RunTooLong { len, max } => {
+                write!(f, "a run folder name is at most {max} bytes; this one is {len} (shorten its label)")
+            }
             NoSuchRun { run } | OtherPartysRun { run, registering: false } => write!(f, "there is no run '{run}'"),
             OtherPartysRun { run, registering: true } => write!(f, "run '{run}' belongs to another party"),
             NoTree => f.write_str("the party has no tree on this host; tell the administrator"),
@@ -244,6 +256,10 @@ impl fmt::Display for ApiError {
             AtQuota { party, quota } => {
                 write!(f, "party '{party}' is at its quota (max_party_bytes {quota}); free space first")
             }
+            TooManyFiles { party, max } => write!(
+                f,
+                "party '{party}' has {max} files and folders, its limit (max_party_files); nothing was stored"
+            ),
             NoEndpoint => f.write_str("no such endpoint"),
             FolderConflict(message) => f.write_str(message),
             Admin(error) => error.fmt(f),

@@ -7,6 +7,7 @@
 pub mod admin_api;
 pub mod auth;
 pub mod body;
+pub mod broker;
 pub mod error;
 pub mod events;
 pub mod listen;
@@ -107,10 +108,14 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
             Some(address) => Some(bind(address).await?),
             None => None,
         };
+        let socket = config.gate_socket();
+        let gates = broker::bind(&socket)
+            .map_err(|source| ServeError::Listen { address: socket.display().to_string(), source })?;
         let timeouts = listen::Timeouts::from(&config.http);
         let max_connections = config.http.max_connections;
         let state = AppState::new(config, config_path);
         tokio::spawn(events::follow_ledger(state.clone()));
+        tokio::spawn(broker::serve(state.clone(), gates));
         let mut listeners = vec![Listener { name: "api", tcp: api, router: router(state.clone()), max_connections }];
         if let Some(tcp) = metrics {
             let router = metrics_router(state.clone());
@@ -124,6 +129,7 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
                 .to_stderr();
         }
         listen::serve(listeners, timeouts, shutdown_signal()).await;
+        let _ = std::fs::remove_file(&socket);
         Ok(())
     })
 }

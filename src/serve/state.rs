@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::records::Records;
 use super::upload::Uploads;
+use crate::access::Reservations;
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, ReplicaRoot};
 use crate::store::{Store, StoreError};
@@ -61,6 +62,8 @@ pub struct AppState {
     pub events: broadcast::Sender<String>,
     pub records: Records,
     pub uploads: Uploads,
+    /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
+    pub quota: Reservations,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
 }
@@ -79,6 +82,7 @@ impl AppState {
             metrics: Metrics::default(),
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
+            quota: Reservations::default(),
             replica_root: OnceLock::new(),
         })
     }

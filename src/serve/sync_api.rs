@@ -7,8 +7,10 @@ use super::auth::Caller;
 use super::body::{read_bounded, JSON_BODY_LIMIT};
 use super::error::ApiError;
 use super::state::{blocking, AppState, Shared};
+use super::upload::quota_refusal;
+use crate::access::Usage;
 use crate::access::{self, ClaimError, RunOwner};
-use crate::fs::confine::{open_beneath, ConfineError, PartyTree, RunFolder};
+use crate::fs::confine::{open_beneath, open_beneath_counting, ConfineError, PartyTree, RunFolder};
 use crate::fs::{landing, sys};
 use crate::log::{Line, SERVE};
 use crate::names::{check_subdir, DEFAULT_SUBDIR};
@@ -31,6 +33,9 @@ pub fn open_run(
     run: &str,
     create: bool,
 ) -> Result<(PartyTree, RunFolder), ApiError> {
+    if run.len() > crate::names::MAX_SEGMENT_BYTES {
+        return Err(ApiError::RunTooLong { len: run.len(), max: crate::names::MAX_SEGMENT_BYTES });
+    }
     if !caller.policy.allows_run_name(run) {
         return Err(ApiError::RunName { run: run.to_owned(), pattern: caller.policy.run_pattern_text().to_owned() });
     }
@@ -38,10 +43,7 @@ pub fn open_run(
     if owner == RunOwner::Another {
         return Err(ApiError::OtherPartysRun { run: run.to_owned(), registering: create });
     }
-    let tree = state.replica_root().and_then(|root| PartyTree::open_in(&root, &caller.party)).map_err(|e| {
-        Line::of(SERVE).field("event", "confine-error").field("party", &caller.party).field("error", e).to_stderr();
-        ApiError::NoTree
-    })?;
+    let tree = party_tree(state, &caller.party)?;
     let folder = if create {
         tree.run_folder(run, caller.policy.create_runs, caller.policy.limits.max_runs)
     } else {
@@ -59,6 +61,14 @@ pub fn open_run(
         Err(ClaimError::Owned(run)) => Err(ApiError::OtherPartysRun { run, registering: false }),
         Err(ClaimError::Store(e)) => Err(e.into()),
     }
+}
+
+/// The party's tree beneath the replica root.
+fn party_tree(state: &AppState, party: &str) -> Result<PartyTree, ApiError> {
+    state.replica_root().and_then(|root| PartyTree::open_in(&root, party)).map_err(|e| {
+        Line::of(SERVE).field("event", "confine-error").field("party", party).field("error", e).to_stderr();
+        ApiError::NoTree
+    })
 }
 
 // ---- register ----
@@ -115,9 +125,26 @@ pub async fn register(
     };
     let [template_name, ecosystem_variant, started_at] = registration.fields()?;
     let answer = blocking(&state, move |state, store| {
-        let (_, folder) = open_run(state, store, &caller, &run, true)?;
-        open_beneath(&folder.fd, &[DEFAULT_SUBDIR], true)
-            .map_err(|e| ApiError::Internal(format!("cannot create analysisResults: {e}")))?;
+        // The run folder and its analysisResults/ count against max_party_files like any upload's folders.
+        let tree = party_tree(state, &caller.party)?;
+        let room = Usage { bytes: 0, files: 2 };
+        let reserved = state.quota.reserve(&caller.party, &caller.policy.limits, room, || tree.usage());
+        let reserved = reserved
+            .map_err(ApiError::Confine)?
+            .map_err(|over| quota_refusal(&caller.party, &caller.policy.limits, over))?;
+        let created = (|| {
+            let (_, folder) = open_run(state, store, &caller, &run, true)?;
+            let (_, results) = open_beneath_counting(&folder.fd, &[DEFAULT_SUBDIR], true)
+                .map_err(|e| ApiError::Internal(format!("cannot create analysisResults: {e}")))?
+                .ok_or_else(|| ApiError::Internal("analysisResults vanished".into()))?;
+            Ok::<_, ApiError>((folder, results))
+        })();
+        let added = match &created {
+            Ok((folder, results)) => Usage { bytes: 0, files: u64::from(folder.created) + results },
+            Err(_) => Usage::default(),
+        };
+        state.quota.settle(&reserved, added, Usage::default());
+        let (folder, _) = created?;
         store.set_run_metadata(&run, template_name.as_deref(), ecosystem_variant.as_deref(), started_at.as_deref())?;
         Ok(serde_json::json!({ "run": run, "party": caller.party, "created": folder.created }))
     })

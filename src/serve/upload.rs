@@ -15,11 +15,13 @@ use super::error::ApiError;
 use super::multipart::{self, Event};
 use super::state::{blocking, off_thread, Shared};
 use super::sync_api::open_run;
-use crate::access::Headroom;
-use crate::fs::confine::{open_beneath, ConfineError, PartyTree};
+use crate::access::{OverQuota, Reserved, Usage};
+use crate::fs::confine::open_beneath_counting;
+use crate::fs::confine::PartyTree;
 use crate::fs::landing::{DirSyncer, PendingFile, StoredFile};
 use crate::log::{Line, SERVE};
 use crate::names::{check_file_name, check_subdir, DEFAULT_SUBDIR};
+use crate::policy::Limits;
 use crate::store::FileRecord;
 use crate::time::now;
 use axum::body::{BodyDataStream, Bytes};
@@ -28,11 +30,9 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 /// Files up to this size are held in memory until their last byte and then written, synced and renamed in one
 /// trip to a blocking thread; larger ones stream to their temp file as they arrive.
@@ -43,8 +43,6 @@ const SMALL_FILES_BUDGET: usize = 16 * 1024 * 1024;
 /// Files made durable at once: enough concurrent fsyncs for the disk to merge their flushes, few enough that the
 /// blocking threads stay free for the store lookups every request needs.
 const DISK_SLOTS: usize = 32;
-/// How long a party's measured usage is trusted before the tree is walked again.
-const USAGE_REFRESH: Duration = Duration::from_secs(30);
 
 /// The upload path's shared state.
 pub struct Uploads {
@@ -52,7 +50,6 @@ pub struct Uploads {
     disk_slots: tokio::sync::Semaphore,
     /// Bytes of small files held in memory while they arrive (bounded by `SMALL_FILES_BUDGET`).
     held_bytes: AtomicUsize,
-    usage: Mutex<HashMap<String, Usage>>,
 }
 
 impl Default for Uploads {
@@ -61,40 +58,64 @@ impl Default for Uploads {
             dir_syncer: DirSyncer::default(),
             disk_slots: tokio::sync::Semaphore::new(DISK_SLOTS),
             held_bytes: AtomicUsize::new(0),
-            usage: Mutex::default(),
         }
     }
 }
 
-/// A party's bytes on disk: measured by a walk now and then, kept current by the uploads in between.
-struct Usage {
-    bytes: u64,
-    measured: Instant,
+/// What one upload request holds of its party's quota: its declared length, reserved before a byte is taken, and
+/// each part's entries (and, without a declared length, its bytes) before its first byte reaches the disk; handed
+/// back with what was stored when the request ends, however it ends.
+struct Hold {
+    state: Shared,
+    tree: PartyTree,
+    limits: Limits,
+    /// Bytes reserved up front from the request's declared length; zero when it declared none.
+    declared: u64,
+    reserved: Reserved,
+    added: Usage,
+    removed: Usage,
 }
 
-impl Uploads {
-    /// The party's bytes on disk now (replicas and analysis files alike).
-    fn usage(&self, tree: &PartyTree) -> Result<u64, ConfineError> {
-        if let Ok(usage) = self.usage.lock() {
-            if let Some(known) = usage.get(tree.party()) {
-                if known.measured.elapsed() < USAGE_REFRESH {
-                    return Ok(known.bytes);
-                }
-            }
-        }
-        let bytes = tree.usage_bytes()?;
-        if let Ok(mut usage) = self.usage.lock() {
-            usage.insert(tree.party().to_owned(), Usage { bytes, measured: Instant::now() });
-        }
-        Ok(bytes)
+impl Hold {
+    /// Reserves `room` more, or refuses with 507. Blocking: it may walk the party's tree.
+    fn take(&mut self, room: Usage) -> Result<(), ApiError> {
+        let more = self.state.quota.reserve(&self.reserved.party, &self.limits, room, || self.tree.usage());
+        let more =
+            more.map_err(ApiError::Confine)?.map_err(|over| quota_refusal(&self.reserved.party, &self.limits, over))?;
+        self.reserved.absorb(more);
+        Ok(())
     }
 
-    fn add_usage(&self, party: &str, added: u64, removed: u64) {
-        if let Ok(mut usage) = self.usage.lock() {
-            if let Some(known) = usage.get_mut(party) {
-                known.bytes = known.bytes.saturating_add(added).saturating_sub(removed);
-            }
-        }
+    /// Room for one file part about to reach the disk: its entries (the file and up to one folder per segment of
+    /// its folder) and, when the request declared no length, `bytes`.
+    fn take_part(&mut self, depth: usize, bytes: u64) -> Result<(), ApiError> {
+        let bytes = if self.declared > 0 { 0 } else { bytes };
+        self.take(Usage { bytes, files: 1 + depth as u64 })
+    }
+
+    /// What a landed file changed.
+    fn landed(&mut self, stored: &StoredFile, folders_created: u64) {
+        self.added.bytes += stored.bytes;
+        self.added.files += folders_created + u64::from(!stored.replaced);
+        self.removed.bytes += stored.replaced_bytes;
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.state.quota.settle(&self.reserved, self.added, self.removed);
+    }
+}
+
+/// 507 for a party over its quota: at it already, or about to pass it.
+pub fn quota_refusal(party: &str, limits: &crate::policy::Limits, over: OverQuota) -> ApiError {
+    match over {
+        OverQuota::Bytes { used, max } if used >= max => ApiError::AtQuota {
+            party: party.to_owned(),
+            quota: limits.max_party_bytes.map(|q| q.to_string()).unwrap_or_default(),
+        },
+        OverQuota::Bytes { .. } => ApiError::OverQuota { party: party.to_owned() },
+        OverQuota::Files { max, .. } => ApiError::TooManyFiles { party: party.to_owned(), max },
     }
 }
 
@@ -111,7 +132,7 @@ struct UploadTarget {
     caller: Caller,
     run: String,
     run_fd: Arc<OwnedFd>,
-    quota_left: Option<u64>,
+    hold: Arc<Mutex<Hold>>,
 }
 
 /// Upload analysis files: `multipart/form-data` with a `subdir` field before one or more `file` parts, or a raw
@@ -133,13 +154,27 @@ pub async fn upload(
         headers.get("x-content-sha256").and_then(|v| v.to_str().ok()),
     )
     .map_err(ApiError::BadDigestHeader)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let target = blocking(&state, move |state, store| {
         let (tree, folder) = open_run(state, store, &caller, &run, false)?;
-        let headroom = Headroom::of(&caller.policy.limits, || state.uploads.usage(&tree)).map_err(ApiError::Confine)?;
-        if let (Headroom::Full { .. }, Some(quota)) = (headroom, caller.policy.limits.max_party_bytes) {
-            return Err(ApiError::AtQuota { party: caller.party.clone(), quota: quota.to_string() });
-        }
-        Ok(UploadTarget { quota_left: headroom.left(), caller, run, run_fd: Arc::new(folder.fd) })
+        let limits = caller.policy.limits.clone();
+        let reserved = Reserved::none(&caller.party);
+        let mut hold = Hold {
+            state: state.clone(),
+            tree,
+            limits,
+            declared,
+            reserved,
+            added: Usage::default(),
+            removed: Usage::default(),
+        };
+        // The whole declared body, before a byte of it is taken.
+        hold.take(Usage { bytes: declared, files: 0 })?;
+        Ok(UploadTarget { caller, run, run_fd: Arc::new(folder.fd), hold: Arc::new(Mutex::new(hold)) })
     })
     .await?;
 
@@ -152,7 +187,7 @@ pub async fn upload(
         })?;
         let subdir = query.subdir.clone().unwrap_or_else(|| DEFAULT_SUBDIR.to_owned());
         let body = Source::Raw(request.into_body().into_data_stream());
-        vec![receive_file(&state, &target, &subdir, &name, body, 0, announced).await?]
+        vec![receive_file(&state, &target, &subdir, &name, body, announced).await?]
     };
     Ok(Json(serde_json::json!({ "stored": stored.iter().map(|f| &f.name).collect::<Vec<_>>(), "files": stored })))
 }
@@ -266,9 +301,8 @@ async fn receive_form(
                 }
                 let name = part.filename.unwrap_or_default();
                 let digest = if files == 1 { announced } else { None };
-                let earlier = stored.iter().map(|f| f.bytes).sum();
                 let source = Source::Part(&mut form);
-                stored.push(receive_file(state, target, &subdir, &name, source, earlier, digest).await?);
+                stored.push(receive_file(state, target, &subdir, &name, source, digest).await?);
             }
             other => {
                 let other = other.unwrap_or("");
@@ -299,16 +333,16 @@ async fn receive_file(
     subdir: &str,
     name: &str,
     mut body: Source<'_>,
-    earlier: u64,
     digest: Option<[u8; 32]>,
 ) -> Result<StoredFile, ApiError> {
     let segments = check_destination(target, subdir, name)?;
     let mut held = HeldChunks::new(&state.uploads.held_bytes);
     let mut streaming: Option<PendingFile> = None;
+    let mut folders_created = 0;
     let mut received = 0u64;
     while let Some(chunk) = body.next_chunk().await? {
         received += chunk.len() as u64;
-        check_limits(target, name, received, earlier)?;
+        check_limits(target, name, received)?;
         let chunk = match &mut streaming {
             None => match held.keep(chunk) {
                 Ok(()) => continue,
@@ -319,7 +353,8 @@ async fn receive_file(
         let pending = match &mut streaming {
             Some(pending) => pending,
             None => {
-                let mut pending = open_pending(target, segments.clone(), name).await?;
+                let (mut pending, created) = open_pending(target, segments.clone(), name).await?;
+                folders_created = created;
                 pending.write_chunks(&held.hand_over()).map_err(write_failed)?;
                 streaming.insert(pending)
             }
@@ -327,7 +362,7 @@ async fn receive_file(
         pending.write_chunks(&[chunk]).map_err(write_failed)?;
     }
     let received = match streaming {
-        Some(pending) => Received::Streamed(pending),
+        Some(pending) => Received::Streamed(pending, folders_created),
         None => Received::Held { run_fd: target.run_fd.clone(), segments, chunks: std::mem::take(&mut held.chunks) },
     };
     let stored = put_in_place(state, target, subdir, name, received, digest).await;
@@ -346,37 +381,51 @@ fn check_destination(target: &UploadTarget, subdir: &str, name: &str) -> Result<
     Ok(segments)
 }
 
-/// The per-file limit (413) and the party's quota (507), as the bytes arrive.
-fn check_limits(target: &UploadTarget, name: &str, received: u64, earlier: u64) -> Result<(), ApiError> {
+/// The per-file limit (413), as the bytes arrive. The quota holds by reservation: the request's declared length, or
+/// `max_file_bytes` per part when it declared none.
+fn check_limits(target: &UploadTarget, name: &str, received: u64) -> Result<(), ApiError> {
     let limit = target.caller.policy.uploads.max_file_bytes;
     if received > limit.0 {
         return Err(ApiError::TooLarge { name: name.to_owned(), limit: limit.to_string() });
     }
-    if target.quota_left.is_some_and(|left| earlier + received > left) {
-        return Err(ApiError::OverQuota { party: target.caller.party.clone() });
-    }
     Ok(())
 }
 
-/// Creates the temp file of a file that streams (its folder is created on the way).
-async fn open_pending(target: &UploadTarget, segments: Vec<String>, name: &str) -> Result<PendingFile, ApiError> {
-    let run_fd = target.run_fd.clone();
-    let name = name.to_owned();
-    off_thread(move || begin_in(&run_fd, &segments, &name)).await
+/// Creates the temp file of a file that streams (its folder is created on the way), once its room is reserved.
+/// Returns it with the number of folders made for it.
+async fn open_pending(
+    target: &UploadTarget,
+    segments: Vec<String>,
+    name: &str,
+) -> Result<(PendingFile, u64), ApiError> {
+    let (run_fd, hold, name) = (target.run_fd.clone(), target.hold.clone(), name.to_owned());
+    let max_file_bytes = target.caller.policy.uploads.max_file_bytes.0;
+    off_thread(move || begin_in(&run_fd, &hold, &segments, &name, max_file_bytes)).await
 }
 
-fn begin_in(run_fd: &OwnedFd, segments: &[String], name: &str) -> Result<PendingFile, ApiError> {
+fn begin_in(
+    run_fd: &OwnedFd,
+    hold: &Mutex<Hold>,
+    segments: &[String],
+    name: &str,
+    bytes: u64,
+) -> Result<(PendingFile, u64), ApiError> {
+    hold.lock()
+        .map_err(|_| ApiError::Internal("the quota hold is poisoned".into()))?
+        .take_part(segments.len(), bytes)?;
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let dir = open_beneath(run_fd, &segments, true)
+    let (dir, created) = open_beneath_counting(run_fd, &segments, true)
         .map_err(|e| ApiError::FolderConflict(format!("cannot use folder {}: {e}", segments.join("/"))))?
         .ok_or_else(|| ApiError::Internal("folder vanished".into()))?;
-    PendingFile::begin(Arc::new(dir), name).map_err(|e| ApiError::Internal(format!("cannot store the file: {e}")))
+    let pending = PendingFile::begin(Arc::new(dir), name)
+        .map_err(|e| ApiError::Internal(format!("cannot store the file: {e}")))?;
+    Ok((pending, created))
 }
 
 /// A file whose last byte has arrived.
 enum Received {
-    /// Already in its temp file.
-    Streamed(PendingFile),
+    /// Already in its temp file (with the folders made for it).
+    Streamed(PendingFile, u64),
     /// Still in memory: written, synced and renamed in the same trip.
     Held { run_fd: Arc<OwnedFd>, segments: Vec<String>, chunks: Vec<Bytes> },
 }
@@ -392,17 +441,22 @@ async fn put_in_place(
 ) -> Result<StoredFile, ApiError> {
     let (shared, party, run, subdir_owned, name_owned) =
         (state.clone(), target.caller.party.clone(), target.run.clone(), subdir.to_owned(), name.to_owned());
+    let hold = target.hold.clone();
     let _slot = state.uploads.disk_slots.acquire().await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let stored = off_thread(move || {
-        let pending = match received {
-            Received::Streamed(pending) => pending,
+        let (pending, folders_created) = match received {
+            Received::Streamed(pending, created) => (pending, created),
             Received::Held { run_fd, segments, chunks } => {
-                let mut pending = begin_in(&run_fd, &segments, &name_owned)?;
+                let bytes = chunks.iter().map(|c| c.len() as u64).sum();
+                let (mut pending, created) = begin_in(&run_fd, &hold, &segments, &name_owned, bytes)?;
                 pending.write_chunks(&chunks).map_err(write_failed)?;
-                pending
+                (pending, created)
             }
         };
         let stored = pending.finish_with(digest.as_ref(), &shared.uploads.dir_syncer)?;
+        if let Ok(mut hold) = hold.lock() {
+            hold.landed(&stored, folders_created);
+        }
         shared.records.remember(FileRecord {
             party: party.clone(),
             run,
@@ -413,7 +467,6 @@ async fn put_in_place(
             sha256: stored.sha256.clone(),
             stored_at: now(),
         });
-        shared.uploads.add_usage(&party, stored.bytes, stored.replaced_bytes);
         Ok(stored)
     })
     .await?;

@@ -16,7 +16,8 @@ pub struct LedgerRow {
 }
 
 impl Store {
-    pub fn record_sync(&self, row: &LedgerRow) -> Result<()> {
+    /// Records a push; returns its row's id.
+    pub fn record_sync(&self, row: &LedgerRow) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO sync_ledger (party, key_id, run, database, started_at, seconds, exit, replica_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -31,7 +32,7 @@ impl Store {
                 row.replica_bytes.map(|b| b as i64)
             ],
         )?;
-        Ok(())
+        Ok(self.conn.last_insert_rowid())
     }
 
     /// The newest push of each database of a run.

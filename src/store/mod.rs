@@ -8,12 +8,14 @@ mod keys;
 mod ledger;
 mod parties;
 mod runs;
+mod verifications;
 
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
 pub use keys::{AdminToken, ApiKey, SshKey};
 pub use ledger::LedgerRow;
 pub use parties::Party;
 pub use runs::{FileRecord, Run};
+pub use verifications::Verification;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
@@ -105,6 +107,24 @@ CREATE TABLE analysis_files (
     stored_at  INTEGER NOT NULL,
     PRIMARY KEY (party, run, subdir, name)
 ) WITHOUT ROWID;
+"#,
+    // The verdicts of the catalog's checks: each replica's last one, and each push's in its ledger row.
+    r#"
+ALTER TABLE sync_ledger ADD COLUMN verified INTEGER;
+ALTER TABLE sync_ledger ADD COLUMN verify_seconds REAL;
+ALTER TABLE sync_ledger ADD COLUMN verify_reason TEXT;
+CREATE TABLE verifications (
+    party          TEXT NOT NULL,
+    run            TEXT NOT NULL,
+    database       TEXT NOT NULL,
+    ok             INTEGER NOT NULL,
+    at             INTEGER NOT NULL,
+    seconds        REAL NOT NULL,
+    reason         TEXT,
+    passing_since  INTEGER,
+    PRIMARY KEY (party, run, database)
+) WITHOUT ROWID;
+CREATE INDEX verifications_run ON verifications(run);
 "#,
     // Admin tokens get a name, an expiry, a revocation and a last use. Tokens issued before this version had no
     // expiry; they get the default lifetime (`admin::ADMIN_TOKEN_DAYS`, 90 days) counted from the upgrade, so

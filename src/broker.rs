@@ -1,0 +1,205 @@
+//! The gate's line to the service: a UNIX socket (`gate_socket` in the configuration) on which `evosync serve`
+//! answers what a gate may not, or should not, work out alone: whose key this is, whose run, how much room is left
+//! once the uploads and the other pushes in flight have their share, and where its records go.
+//!
+//! A gate running as a party's own account (per-party mode) cannot open the state store at all; this socket is how
+//! its claims, its ledger row and its audit records still reach it. The service knows the caller by SO_PEERCRED, and
+//! `may_act_for` decides what that caller may ask about.
+//!
+//! Framing: one JSON object per line each way, a line at most `MAX_LINE` bytes. The protocol types and the peer rule
+//! live here because both wings speak them: `gate::central` (blocking client) and `serve::broker` (tokio server).
+
+use serde::{Deserialize, Serialize};
+
+/// The longest line either side accepts.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The socket's file name in `state_dir`, where it is when the configuration says nothing (shared-account mode: the
+/// gate runs as the service's own account and can enter `state_dir`).
+pub const SOCKET_FILE: &str = "gate.sock";
+
+/// Where `evosync init --account-mode per-party` puts it: outside `state_dir`, which party accounts cannot enter
+/// (systemd's `RuntimeDirectory=evosync` makes the folder).
+pub const PER_PARTY_SOCKET: &str = "/run/evosync/gate.sock";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Which party holds SSH key `id`, and may it log in now?
+    Key { id: String },
+    /// Whose is `run`, seen from `party`? Changes nothing.
+    RunOwner { party: String, run: String },
+    /// Claims `run` for `party` (its folder exists now).
+    Claim { party: String, run: String },
+    /// Room for a push of `run/database`, which holds `current_bytes` now and would add `new_files` files and
+    /// folders. Held until `Finish`, or until this connection closes.
+    Reserve { party: String, run: String, database: String, current_bytes: u64, new_files: u64 },
+    /// One record for the hash-chained audit trail.
+    Audit { party: String, actor: String, subject: String, outcome: String, detail: String },
+    /// The push has ended: its ledger row. Releases the reservation.
+    Finish { ledger: PushRecord },
+}
+
+impl Request {
+    /// The party a request speaks for (`Key` names none: the answer does).
+    pub fn party(&self) -> Option<&str> {
+        match self {
+            Request::Key { .. } => None,
+            Request::RunOwner { party, .. }
+            | Request::Claim { party, .. }
+            | Request::Reserve { party, .. }
+            | Request::Audit { party, .. } => Some(party),
+            Request::Finish { ledger } => Some(&ledger.party),
+        }
+    }
+}
+
+/// A push's ledger row as the gate reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRecord {
+    pub party: String,
+    pub key_id: Option<String>,
+    pub run: String,
+    pub database: String,
+    pub started_at: i64,
+    pub seconds: f64,
+    pub exit: String,
+    pub replica_bytes: Option<u64>,
+}
+
+/// Whose a run is, on the wire (`access::RunOwner`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    Nobody,
+    Asker,
+    Another,
+}
+
+/// Why a key may not log in (`access::KeyState`), or that it is not known to the asker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRefusal {
+    Unknown,
+    Revoked,
+    Expired,
+    PartyDisabled,
+}
+
+/// Why the service would not grant room for a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaRefusal {
+    /// At or over `max_party_bytes`.
+    Bytes,
+    /// At `max_party_files`.
+    Files,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Answer {
+    Done,
+    Key {
+        party: String,
+    },
+    KeyRefused {
+        why: KeyRefusal,
+        party: Option<String>,
+    },
+    Owner {
+        owner: Owner,
+    },
+    /// The run belongs to another party.
+    RunOwned,
+    /// The push may write files up to `fsize_limit` bytes.
+    Granted {
+        fsize_limit: u64,
+    },
+    OverQuota {
+        why: QuotaRefusal,
+        used: u64,
+        max: u64,
+    },
+    /// The caller may not ask this (another party's business).
+    Forbidden,
+    /// The service could not answer (its store failed, say); the gate refuses and logs `error`.
+    Failed {
+        error: String,
+    },
+}
+
+/// Who is on the other end of the socket, by SO_PEERCRED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    /// The account's name, when it has one.
+    pub account: Option<String>,
+}
+
+/// What a caller may ask about `party`: root, the service's own account and the shared `evosync` account (the
+/// shared-account gate runs as it) may ask about any party; a per-party account `evosync-NAME` only about party NAME;
+/// anyone else about nothing.
+pub fn may_act_for(peer: &Peer, service_uid: u32, party: &str) -> bool {
+    trusted(peer, service_uid) || peer.account.as_deref().and_then(|a| a.strip_prefix("evosync-")) == Some(party)
+}
+
+/// Whether the caller may ask about any party (`Key` answers for others' keys as `Unknown` otherwise).
+pub fn trusted(peer: &Peer, service_uid: u32) -> bool {
+    peer.uid == 0 || peer.uid == service_uid || peer.account.as_deref() == Some(crate::config::SHARED_ACCOUNT)
+}
+
+/// One line of JSON, newline-terminated.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(message).unwrap_or_else(|_| b"{}".to_vec());
+    line.push(b'\n');
+    line
+}
+
+/// Parses one line (without its newline); `None` for anything that is not exactly one message.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Option<T> {
+    if line.len() > MAX_LINE {
+        return None;
+    }
+    serde_json::from_slice(line).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_party_account_speaks_for_its_party_alone() {
+        let acme = Peer { uid: 1001, account: Some("evosync-acme".into()) };
+        assert!(may_act_for(&acme, 999, "acme"));
+        assert!(!may_act_for(&acme, 999, "beta"));
+        assert!(!may_act_for(&acme, 999, "acme2"));
+        let service = Peer { uid: 999, account: Some("evosync".into()) };
+        assert!(may_act_for(&service, 999, "beta") && trusted(&service, 999));
+        let stranger = Peer { uid: 1002, account: Some("mallory".into()) };
+        assert!(!may_act_for(&stranger, 999, "mallory") && !trusted(&stranger, 999));
+        let nameless = Peer { uid: 1003, account: None };
+        assert!(!may_act_for(&nameless, 999, "acme"));
+    }
+
+    #[test]
+    fn messages_round_trip_and_strangers_are_refused() {
+        let request = Request::Reserve {
+            party: "acme".into(),
+            run: "R".into(),
+            database: "genomes.sqlite".into(),
+            current_bytes: 5,
+            new_files: 2,
+        };
+        let line = encode(&request);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(decode::<Request>(&line[..line.len() - 1]), Some(request));
+        assert_eq!(decode::<Request>(br#"{"op":"reserve","party":"acme"}"#), None);
+        assert_eq!(decode::<Request>(br#"{"op":"key","id":"x","extra":1}"#), None);
+        assert_eq!(decode::<Request>(&vec![b' '; MAX_LINE + 1]), None);
+        let answer = Answer::OverQuota { why: QuotaRefusal::Files, used: 3, max: 3 };
+        let line = encode(&answer);
+        assert_eq!(decode::<Answer>(&line[..line.len() - 1]), Some(answer));
+    }
+}

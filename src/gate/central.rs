@@ -1,0 +1,292 @@
+//! Where the gate's shared state lives: whose key, whose run, how much room, and where the records go.
+//!
+//! When `evosync serve` runs, the gate asks it over the broker socket (`crate::broker`): the service holds every
+//! party's quota book, so a push's room is reserved against the uploads and pushes in flight, and a gate running as
+//! a party's own account (which cannot open the store) still gets its claims, ledger row and audit records in. The
+//! reservation lasts as long as the connection: a gate that dies gives it back.
+//!
+//! Without the service the gate opens the store itself (shared-account mode); a push of a party with a byte quota
+//! then holds the party's quota lock for its whole run, so two pushes never count the same room. A host with neither
+//! keeps its records in syslog and `audit_log` only.
+
+use super::refusal::{Refusal, RefusalCode};
+use crate::access::{self, ClaimError, Headroom, KeyState, OverQuota, RunOwner, Usage};
+use crate::broker::{self, Answer, KeyRefusal, Owner, PushRecord, QuotaRefusal, Request};
+use crate::config::Config;
+use crate::fs::confine::{ConfineError, PartyTree};
+use crate::fs::sys;
+use crate::policy::Limits;
+use crate::store::{AuditEntry, LedgerRow, Store};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long the gate waits for the service's answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(60);
+
+pub enum Central {
+    Service(Broker),
+    Store(Store),
+    /// There is a store, but this account cannot open it and the service does not answer (a party account with the
+    /// service down): nothing that needs the central record may happen.
+    Unreachable(String),
+    /// No store on this host (never `evosync init`): records go to syslog and `audit_log` only.
+    Absent,
+}
+
+/// A connection to the service's broker socket.
+pub struct Broker {
+    stream: RefCell<BufReader<UnixStream>>,
+}
+
+/// Room granted for a push: the child's RLIMIT_FSIZE, held until dropped.
+pub struct Grant {
+    pub fsize_limit: u64,
+    /// Standalone only: the party's quota lock, held for the whole push.
+    _quota_lock: Option<nix::fcntl::Flock<File>>,
+}
+
+impl Central {
+    /// The service when it answers on `gate_socket`, else the store when this account can open it, else nothing.
+    pub fn connect(config: &Config) -> Central {
+        if let Ok(broker) = Broker::connect(&config.gate_socket()) {
+            return Central::Service(broker);
+        }
+        let store_path = config.store_path();
+        match store_path.try_exists() {
+            Ok(false) => Central::Absent,
+            _ => match Store::open_existing(&store_path) {
+                Ok(store) => Central::Store(store),
+                Err(error) => Central::Unreachable(format!(
+                    "the service does not answer on {} and {error}",
+                    config.gate_socket().display()
+                )),
+            },
+        }
+    }
+
+    /// Whether there is no central record at all (not merely an unreachable one).
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Central::Absent)
+    }
+
+    /// The party a registered SSH key speaks for, when the key may log in now (defence in depth: the
+    /// authorized_keys file may lag behind a revoke).
+    pub fn key_holder(&self, id: &str) -> Result<String, Refusal> {
+        let unavailable = |e: String| Refusal::with_detail(RefusalCode::KeysUnavailable, e);
+        match self {
+            Central::Service(broker) => match broker.ask(&Request::Key { id: id.to_owned() }).map_err(unavailable)? {
+                Answer::Key { party } => Ok(party),
+                Answer::KeyRefused { why, party } => Err(match why {
+                    KeyRefusal::Unknown => RefusalCode::KeyUnknown,
+                    KeyRefusal::Revoked => RefusalCode::KeyRevoked,
+                    KeyRefusal::Expired => RefusalCode::KeyExpired,
+                    KeyRefusal::PartyDisabled => RefusalCode::PartyDisabled { party: party.unwrap_or_default() },
+                }
+                .into()),
+                other => Err(unavailable(format!("unexpected answer {other:?}"))),
+            },
+            Central::Store(store) => {
+                let found = store.ssh_key_with_party(id).map_err(|e| unavailable(e.to_string()))?;
+                let Some((key, party_enabled)) = found else { return Err(RefusalCode::KeyUnknown.into()) };
+                match KeyState::of_ssh_key(&key, party_enabled, crate::time::now()) {
+                    KeyState::Active => {}
+                    KeyState::Revoked => return Err(RefusalCode::KeyRevoked.into()),
+                    KeyState::Expired => return Err(RefusalCode::KeyExpired.into()),
+                    KeyState::PartyDisabled => return Err(RefusalCode::PartyDisabled { party: key.party }.into()),
+                }
+                let _ = store.touch_ssh_key(&key.id);
+                Ok(key.party)
+            }
+            Central::Unreachable(why) => Err(unavailable(why.clone())),
+            Central::Absent => Err(unavailable("this host has no state store (evosync init)".into())),
+        }
+    }
+
+    /// Whose `run` is, seen from `party`.
+    pub fn run_owner(&self, party: &str, run: &str) -> Result<RunOwner, Refusal> {
+        let unreadable = |e: String| Refusal::with_detail(RefusalCode::RunsUnreadable, e);
+        match self {
+            Central::Service(broker) => {
+                match broker.ask(&Request::RunOwner { party: party.into(), run: run.into() }).map_err(unreadable)? {
+                    Answer::Owner { owner: Owner::Nobody } => Ok(RunOwner::Nobody),
+                    Answer::Owner { owner: Owner::Asker } => Ok(RunOwner::Asker),
+                    Answer::Owner { owner: Owner::Another } => Ok(RunOwner::Another),
+                    other => Err(unreadable(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Central::Store(store) => access::run_owner(store, party, run).map_err(|e| unreadable(e.to_string())),
+            Central::Unreachable(why) => Err(unreadable(why.clone())),
+            Central::Absent => Ok(RunOwner::Nobody),
+        }
+    }
+
+    /// Claims `run` for `party`: a run folder is one party's, across all parties.
+    pub fn claim(&self, party: &str, run: &str) -> Result<(), Refusal> {
+        let failed = |e: String| Refusal::with_detail(RefusalCode::RunNotRecorded, e);
+        let owned = || Refusal::from(RefusalCode::RunOwned { run: run.to_owned() });
+        match self {
+            Central::Service(broker) => {
+                match broker.ask(&Request::Claim { party: party.into(), run: run.into() }).map_err(failed)? {
+                    Answer::Done => Ok(()),
+                    Answer::RunOwned => Err(owned()),
+                    other => Err(failed(format!("unexpected answer {other:?}"))),
+                }
+            }
+            Central::Store(store) => access::claim_run(store, party, run).map_err(|e| match e {
+                ClaimError::Owned(_) => owned(),
+                ClaimError::Store(error) => failed(error.to_string()),
+            }),
+            Central::Unreachable(why) => Err(failed(why.clone())),
+            Central::Absent => Ok(()),
+        }
+    }
+
+    /// Room for a push of `run/database`, which holds `current_bytes` now and adds `new_files` entries.
+    pub fn reserve_push(
+        &self,
+        config: &Config,
+        tree: &PartyTree,
+        limits: &Limits,
+        (run, database): (&str, &str),
+        current_bytes: u64,
+        new_files: u64,
+    ) -> Result<Grant, Refusal> {
+        let party = tree.party();
+        if let Central::Service(broker) = self {
+            let request = Request::Reserve {
+                party: party.into(),
+                run: run.into(),
+                database: database.into(),
+                current_bytes,
+                new_files,
+            };
+            let failed = |e: String| Refusal::with_detail(RefusalCode::QuotaUnknown, e);
+            return match broker.ask(&request).map_err(failed)? {
+                Answer::Granted { fsize_limit } => Ok(Grant { fsize_limit, _quota_lock: None }),
+                Answer::OverQuota { why, used, max } => Err(over_quota(party, why, used, max)),
+                other => Err(failed(format!("unexpected answer {other:?}"))),
+            };
+        }
+        // Standalone: the party's pushes take their room one at a time.
+        let quota_lock = match limits.max_party_bytes {
+            Some(_) => Some(quota_lock(&config.locks_dir(), party, config.lock_wait_seconds)?),
+            None => None,
+        };
+        let used = tree.usage()?;
+        let headroom = Headroom::of(limits, used, Usage::default());
+        let (fsize_limit, _) = headroom.for_push(limits, current_bytes, new_files).map_err(|over| match over {
+            OverQuota::Bytes { used, max } => over_quota(party, QuotaRefusal::Bytes, used, max),
+            OverQuota::Files { used, max } => over_quota(party, QuotaRefusal::Files, used, max),
+        })?;
+        Ok(Grant { fsize_limit, _quota_lock: quota_lock })
+    }
+
+    /// One record in the hash-chained audit trail; false when it could not be written.
+    pub fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), String> {
+        match self {
+            Central::Service(broker) => {
+                let request = Request::Audit {
+                    party: entry.party.into(),
+                    actor: entry.actor.into(),
+                    subject: entry.subject.into(),
+                    outcome: entry.outcome.into(),
+                    detail: entry.detail.into(),
+                };
+                expect_done(broker.ask(&request)?)
+            }
+            Central::Store(store) => store.append_audit(entry).map(drop).map_err(|e| e.to_string()),
+            Central::Unreachable(why) => Err(why.clone()),
+            Central::Absent => Err("no state store".into()),
+        }
+    }
+
+    /// The push's ledger row (and, with the service, the end of its reservation).
+    pub fn finish(&self, row: &LedgerRow) -> Result<(), String> {
+        match self {
+            Central::Service(broker) => {
+                let ledger = PushRecord {
+                    party: row.party.clone(),
+                    key_id: row.key_id.clone(),
+                    run: row.run.clone(),
+                    database: row.database.clone(),
+                    started_at: row.started_at,
+                    seconds: row.seconds,
+                    exit: row.exit.clone(),
+                    replica_bytes: row.replica_bytes,
+                };
+                expect_done(broker.ask(&Request::Finish { ledger })?)
+            }
+            Central::Store(store) => store.record_sync(row).map(drop).map_err(|e| e.to_string()),
+            Central::Unreachable(why) => Err(why.clone()),
+            Central::Absent => Ok(()),
+        }
+    }
+}
+
+fn expect_done(answer: Answer) -> Result<(), String> {
+    match answer {
+        Answer::Done => Ok(()),
+        other => Err(format!("the service answered {other:?}")),
+    }
+}
+
+fn over_quota(party: &str, why: QuotaRefusal, used: u64, max: u64) -> Refusal {
+    let error = match why {
+        QuotaRefusal::Bytes => ConfineError::OverQuota { party: party.to_owned(), used, max },
+        QuotaRefusal::Files => ConfineError::TooManyFiles { party: party.to_owned(), count: used, max },
+    };
+    error.into()
+}
+
+/// The party's quota lock (standalone pushes), waited for up to `wait_seconds`.
+fn quota_lock(locks_dir: &Path, party: &str, wait_seconds: u64) -> Result<nix::fcntl::Flock<File>, Refusal> {
+    let path = locks_dir.join(party).join("quota.lock");
+    let failed =
+        |e: std::io::Error| Refusal::with_detail(RefusalCode::LocksUnavailable, format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(locks_dir.join(party)).map_err(failed)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait_seconds);
+    loop {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
+        if let Some(lock) = sys::try_lock_exclusive(file).map_err(failed)? {
+            return Ok(lock);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(RefusalCode::QuotaBusy { party: party.to_owned(), waited: wait_seconds }.into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Broker {
+    fn connect(path: &Path) -> std::io::Result<Broker> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(ANSWER_WAIT))?;
+        stream.set_write_timeout(Some(ANSWER_WAIT))?;
+        Ok(Broker { stream: RefCell::new(BufReader::new(stream)) })
+    }
+
+    /// One question, one answer.
+    fn ask(&self, request: &Request) -> Result<Answer, String> {
+        let mut stream = self.stream.borrow_mut();
+        stream.get_mut().write_all(&broker::encode(request)).map_err(|e| format!("the service's socket: {e}"))?;
+        let mut line = Vec::new();
+        stream
+            .by_ref()
+            .take(broker::MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("the service's socket: {e}"))?;
+        if line.pop() != Some(b'\n') {
+            return Err("the service closed the socket or sent an overlong line".into());
+        }
+        match broker::decode::<Answer>(&line) {
+            Some(Answer::Failed { error }) => Err(format!("the service failed: {error}")),
+            Some(Answer::Forbidden) => Err("the service refused this account's question".into()),
+            Some(answer) => Ok(answer),
+            None => Err("the service's answer is not one the gate knows".into()),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `evosync doctor` on a host set up as the README says (nothing to fix, exit 0) and on one with every kind of fault
+//! it knows (each reported with its fix, exit 1), in text and JSON.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const ADMIN: &str = env!("CARGO_BIN_EXE_evosync");
+const GATE: &str = env!("CARGO_BIN_EXE_evosync-gate");
+
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// Folders with the modes systemd/evosync-tmpfiles.conf gives them, a valid policy, the real sqlite3_rsync, and
+    /// an sshd_config (with its own host key) that forces the gate on the evosync account.
+    fn healthy() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (sub, mode) in [("replicas", 0o755), ("policies", 0o755), ("state", 0o2770), ("state/locks", 0o2770)] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+            std::fs::set_permissions(root.join(sub), std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::write(root.join("policies/acme.yaml"), "party: acme\npush: true\n").unwrap();
+        let root = root.to_owned();
+        let host = Host { dir };
+        host.write_config(&common::sqlite3_rsync_path());
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(root.join("host_key"))
+            .stdin(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::write(
+            host.sshd_config(),
+            format!(
+                "Port 2222\nListenAddress 127.0.0.1\nHostKey {}\nPidFile none\nUsePAM no\n\
+                 Match User evosync\n  ForceCommand {GATE} --config {}\n",
+                root.join("host_key").display(),
+                host.config().display()
+            ),
+        )
+        .unwrap();
+        let output = Command::new(ADMIN).arg("--config").arg(host.config()).args(["init"]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        host
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> PathBuf {
+        self.root().join("evosync.yaml")
+    }
+
+    fn sshd_config(&self) -> PathBuf {
+        self.root().join("sshd_config")
+    }
+
+    fn write_config(&self, sqlite3_rsync: &Path) {
+        std::fs::write(
+            self.config(),
+            format!(
+                "replica_root: {0}/replicas\npolicies_dir: {0}/policies\nstate_dir: {0}/state\n\
+                 sqlite3_rsync: {1}\ngate: {GATE}\n",
+                self.root().display(),
+                sqlite3_rsync.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn doctor(&self, json: bool) -> Output {
+        let mut command = Command::new(ADMIN);
+        command.arg("--config").arg(self.config()).arg("doctor").arg("--sshd-config").arg(self.sshd_config());
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    }
+
+    fn findings(&self) -> (Option<i32>, serde_json::Value) {
+        let output = self.doctor(true);
+        let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("doctor --json printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout))
+        });
+        (output.status.code(), value)
+    }
+}
+
+fn status_of<'a>(report: &'a serde_json::Value, check: &str) -> &'a str {
+    let found = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == check);
+    found.unwrap_or_else(|| panic!("no check {check}: {report}"))["status"].as_str().unwrap()
+}
+
+fn fix_of(report: &serde_json::Value, check: &str) -> String {
+    let found = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == check).unwrap();
+    found["fix"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_host_set_up_as_documented_has_nothing_to_fix() {
+    common::require_account("evosync");
+    let host = Host::healthy();
+    let (code, report) = host.findings();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["ok"], true);
+    for check in ["configuration", "gate", "sqlite3_rsync", "seccomp", "state dir", "policies", "replica root"] {
+        assert_eq!(status_of(&report, check), "ok", "{check}: {report:#}");
+    }
+    assert_eq!(status_of(&report, "sshd"), "ok", "sshd -t accepts the test config: {report:#}");
+    let memory = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "memory limit").unwrap();
+    assert!(memory["found"].as_str().unwrap().contains("RLIMIT_AS"), "{memory}");
+    let text = host.doctor(false);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("nothing to fix"));
+}
+
+#[test]
+fn every_fault_is_reported_with_its_fix_and_exit_1() {
+    let host = Host::healthy();
+    // An sqlite3_rsync older than the page-size fix.
+    let old = host.root().join("old_sqlite3_rsync");
+    std::fs::write(&old, "#!/bin/sh\necho '2025-05-29 14:26:00 0000000000000000000000000000000000000000'\n").unwrap();
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    host.write_config(&old);
+    // A state dir others may enter, a policies folder the group may write, an invalid policy, a broken sshd_config.
+    std::fs::set_permissions(host.root().join("state"), std::fs::Permissions::from_mode(0o2777)).unwrap();
+    std::fs::set_permissions(host.root().join("policies"), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let sshd_config = std::fs::read_to_string(host.sshd_config()).unwrap();
+    std::fs::write(host.sshd_config(), format!("NoSuchKeyword yes\n{sshd_config}")).unwrap();
+
+    let (code, report) = host.findings();
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_eq!(report["ok"], false);
+    assert_eq!(status_of(&report, "sqlite3_rsync"), "fail");
+    assert!(fix_of(&report, "sqlite3_rsync").contains("build-sqlite3-rsync.sh"));
+    assert_eq!(status_of(&report, "state dir"), "fail");
+    assert!(fix_of(&report, "state dir").contains("chmod 2770"), "{report:#}");
+    assert_eq!(status_of(&report, "policies"), "fail");
+    assert!(fix_of(&report, "policies").contains("chmod go-w"));
+    assert_eq!(status_of(&report, "sshd"), "fail");
+
+    std::fs::set_permissions(host.root().join("policies"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(host.root().join("policies/beta.yaml"), "party: beta\npush: maybe\n").unwrap();
+    let (_, report) = host.findings();
+    assert_eq!(status_of(&report, "policies"), "fail");
+    assert!(fix_of(&report, "policies").contains("evosync policy check"));
+
+    let text = host.doctor(false);
+    let said = String::from_utf8_lossy(&text.stdout);
+    assert!(said.contains("FAIL  sqlite3_rsync") && said.contains("fix: "), "{said}");
+    assert_eq!(text.status.code(), Some(1));
+}
