@@ -15,8 +15,9 @@ command -v wrk >/dev/null && command -v curl >/dev/null || scripts/setup-test-en
 
 cargo build --release --locked --bins >/dev/null 2>&1 || cargo build --release --locked --bins
 cargo bench --locked --bench disk_ceiling --no-run >/dev/null 2>&1 || cargo bench --locked --bench disk_ceiling --no-run
-evosync=$repo/target/release/evosync
-work=$(mktemp -d "$repo/target/bench-upload-XXXXXX")
+target=${CARGO_TARGET_DIR:-$repo/target}
+evosync=$target/release/evosync
+work=$(mktemp -d "$target/bench-upload-XXXXXX")
 # On ext4 without a journal, a new inode skips every inode of its group freed in the last 5 minutes (up to 5 more
 # while their table block is dirty), so a run placed where the previous one was just deleted would measure that
 # deletion. Under a top-directory flag ext4 places each folder by a hash of its name: names of their own send this

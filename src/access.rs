@@ -4,7 +4,7 @@
 //! Each door turns the answers into its own refusals (`gate::refusal`, `serve::error`), with its own words and status.
 
 use crate::policy::Limits;
-use crate::store::{ApiKey, SshKey, Store, StoreError};
+use crate::store::{AdminToken, ApiKey, SshKey, Store, StoreError};
 
 /// Whether a key (SSH or API) may be used now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,11 @@ impl KeyState {
 
     pub fn of_api_key(key: &ApiKey, party_enabled: bool, now: i64) -> KeyState {
         KeyState::of(key.revoked_at, key.expires_at, party_enabled, now)
+    }
+
+    /// An admin token belongs to no party: revoked, expired or active.
+    pub fn of_admin_token(token: &AdminToken, now: i64) -> KeyState {
+        KeyState::of(token.revoked_at, token.expires_at, true, now)
     }
 
     pub fn is_active(self) -> bool {

@@ -61,8 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
-    /// A new admin token for the HTTP API (printed once).
-    AdminToken,
+    /// Admin tokens for the HTTP API: issue (the default: printed once), list, revoke, rotate.
+    AdminToken {
+        #[command(subcommand)]
+        command: Option<AdminTokenCommand>,
+    },
     /// Run the HTTP service (admin API and the workers' sync endpoints).
     Serve,
     /// Look the host over (binaries and versions, Landlock, seccomp, the memory limit's cgroup, sshd, folders and
@@ -178,6 +181,24 @@ enum ApiKeyCommand {
     Revoke {
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Issue an admin token (printed once). It expires after 90 days unless --expires says otherwise.
+    Issue {
+        #[arg(long)]
+        name: Option<String>,
+        /// Last day of use: 2027-01-31 (midnight UTC) or an RFC 3339 time.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Every admin token with its state (active, revoked, expired); never the secrets.
+    List,
+    /// Revoke a token: the service refuses it from its next request on.
+    Revoke { id: String },
+    /// Issue a new token (printed once) and revoke the one it replaces: ID, or without ID every active token.
+    Rotate { id: Option<String> },
 }
 
 #[derive(Subcommand)]
@@ -418,9 +439,49 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
                 })
             }
         },
-        Command::AdminToken => {
-            let token = admin.issue_admin_token()?;
-            show(json, &serde_json::json!({ "admin_token": token }), || format!("{token}\n(shown once)"))
+        Command::AdminToken { command } => {
+            match command.unwrap_or(AdminTokenCommand::Issue { name: None, expires: None }) {
+                AdminTokenCommand::Issue { name, expires } => {
+                    let issued = admin.issue_admin_token(name.as_deref(), expires.as_deref())?;
+                    show(json, &issued, || {
+                        format!(
+                            "{}\n(admin token {}, expires {}; shown once, keep it secret)",
+                            issued.admin_token,
+                            issued.token.id,
+                            issued.token.expires_at.map(crate::time::rfc3339).unwrap_or_else(|| "never".into())
+                        )
+                    })
+                }
+                AdminTokenCommand::List => {
+                    let tokens = admin.admin_tokens()?;
+                    show(json, &tokens, || {
+                        key_lines(
+                            &tokens,
+                            |t| (t.revoked_at, t.expires_at),
+                            |t, state| {
+                                let expires = t.expires_at.map(crate::time::rfc3339).unwrap_or_else(|| "never".into());
+                                format!("{}  {:<8} expires {}  {}", t.id, state, expires, t.name)
+                            },
+                        )
+                    })
+                }
+                AdminTokenCommand::Revoke { id } => {
+                    let token = admin.revoke_admin_token(&id)?;
+                    show(json, &token, || format!("admin token {} revoked", token.id))
+                }
+                AdminTokenCommand::Rotate { id } => {
+                    let rotated = admin.rotate_admin_token(id.as_deref())?;
+                    show(json, &rotated, || {
+                        let revoked: Vec<&str> = rotated.revoked.iter().map(|t| t.id.as_str()).collect();
+                        format!(
+                            "{}\n(admin token {}; shown once; revoked: {})",
+                            rotated.issued.admin_token,
+                            rotated.issued.token.id,
+                            if revoked.is_empty() { "none".to_owned() } else { revoked.join(", ") }
+                        )
+                    })
+                }
+            }
         }
         Command::Init(_)
         | Command::Policy { .. }

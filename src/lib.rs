@@ -30,6 +30,8 @@ pub mod names;
 pub mod policy;
 pub(crate) mod secrets;
 pub(crate) mod serve;
+/// The service's streaming multipart parser, pure, for the fuzz target.
+pub use serve::multipart;
 pub mod size;
 pub mod store;
 pub mod time;

@@ -25,13 +25,19 @@ pub fn is_party_name(name: &str) -> bool {
 pub const DEFAULT_SUBDIR: &str = "analysisResults";
 /// Top folders a worker may upload into.
 pub const UPLOAD_ROOTS: [&str; 2] = ["analysisResults", "generationFeatures"];
-const MAX_SUBDIR_DEPTH: usize = 8;
-const MAX_SUBDIR_BYTES: usize = 1024;
+/// Folders a worker may nest under `analysisResults` or `generationFeatures` (every push walks them).
+pub const MAX_SUBDIR_DEPTH: usize = 4;
+pub const MAX_SUBDIR_BYTES: usize = 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     #[error("subdir '{0}' is not accepted: use analysisResults, generationFeatures, or a folder under them")]
     Subdir(String),
+    #[error(
+        "subdir '{subdir}' is over the limits of a folder: at most {MAX_SUBDIR_DEPTH} folders under \
+             analysisResults or generationFeatures, and {MAX_SUBDIR_BYTES} bytes"
+    )]
+    SubdirTooDeep { subdir: String },
     #[error("file name '{0}' is not a plain file name ([A-Za-z0-9._-], no folders)")]
     Name(String),
     #[error("file name '{name}' does not end in an accepted extension ({accepted})")]
@@ -43,12 +49,16 @@ pub enum NameError {
 /// Checks `subdir` segment by segment; returns its segments.
 pub fn check_subdir(subdir: &str) -> Result<Vec<&str>, NameError> {
     let fail = || NameError::Subdir(subdir.to_owned());
+    let too_deep = || NameError::SubdirTooDeep { subdir: subdir.chars().take(64).collect() };
     if subdir.len() > MAX_SUBDIR_BYTES {
-        return Err(fail());
+        return Err(too_deep());
     }
     let segments: Vec<&str> = subdir.split('/').collect();
-    if segments.len() > MAX_SUBDIR_DEPTH || !UPLOAD_ROOTS.contains(&segments[0]) {
+    if !UPLOAD_ROOTS.contains(&segments[0]) {
         return Err(fail());
+    }
+    if segments.len() > 1 + MAX_SUBDIR_DEPTH {
+        return Err(too_deep());
     }
     if segments.iter().all(|s| is_plain_segment(s)) {
         Ok(segments)
@@ -79,7 +89,7 @@ mod tests {
 
     #[test]
     fn subdirs_are_checked_segment_by_segment() {
-        for ok in ["analysisResults", "analysisResults/trees", "generationFeatures", "analysisResults/a/b"] {
+        for ok in ["analysisResults", "analysisResults/trees", "generationFeatures", "analysisResults/a/b/c/d"] {
             assert!(check_subdir(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -93,7 +103,8 @@ mod tests {
             "analysisResults//x",
             "analysisResults/a b",
             "analysisResults/\0",
-            "analysisResults/a/b/c/d/e/f/g/h",
+            "analysisResults/a/b/c/d/e",
+            "generationFeatures/a/b/c/d/e/f/g/h",
             "analysisResults\\x",
         ] {
             assert!(check_subdir(bad).is_err(), "{bad:?}");

@@ -107,7 +107,7 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
         }
     }
     admin.sync_authorized_keys()?;
-    let admin_token = admin.issue_admin_token()?;
+    let admin_token = admin.issue_admin_token(Some("init"), None)?.admin_token;
     Ok(InitReport {
         config: config_path.to_owned(),
         store: store_path,

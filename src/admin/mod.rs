@@ -12,7 +12,7 @@ use crate::fs::{landing, sys};
 use crate::keys::{self, authorized_keys_line, KeyLine};
 use crate::names::is_party_name;
 use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
-use crate::store::{self, ApiKey, AuditEntry, LedgerRow, Party, SshKey, Store, StoreError};
+use crate::store::{self, AdminToken, ApiKey, AuditEntry, LedgerRow, Party, SshKey, Store, StoreError};
 use crate::time::{new_id, now, parse_date};
 use authorized_keys::Drift;
 use serde::Serialize;
@@ -37,7 +37,10 @@ impl AdminError {
     pub fn status(&self) -> u16 {
         match self {
             AdminError::Store(
-                StoreError::NoSuchParty(_) | StoreError::NoSuchSshKey(_) | StoreError::NoSuchApiKey(_),
+                StoreError::NoSuchParty(_)
+                | StoreError::NoSuchSshKey(_)
+                | StoreError::NoSuchApiKey(_)
+                | StoreError::NoSuchAdminToken(_),
             ) => 404,
             AdminError::NotFound(_) => 404,
             AdminError::Store(
@@ -50,6 +53,12 @@ impl AdminError {
 }
 
 pub type Result<T> = std::result::Result<T, AdminError>;
+
+/// How long an admin token lives unless `--expires` says otherwise. Admin tokens sit in operators' scripts and
+/// shells rather than in a worker's configuration: a quarter is long enough that automation does not break between
+/// two planned rotations (`evosync admin-token rotate` is one command), short enough that a token copied into a
+/// forgotten place stops working on its own.
+pub const ADMIN_TOKEN_DAYS: i64 = 90;
 
 /// A key's `--expires`, which must lie ahead.
 fn expiry(expires: Option<&str>) -> Result<Option<i64>> {
@@ -86,6 +95,20 @@ pub struct IssuedApiKey {
     pub key: ApiKey,
     /// Shown once; only its argon2id hash is kept.
     pub api_key: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IssuedAdminToken {
+    pub token: AdminToken,
+    /// Shown once; only its argon2id hash is kept.
+    pub admin_token: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RotatedAdminTokens {
+    pub issued: IssuedAdminToken,
+    /// The tokens the new one replaces, now revoked.
+    pub revoked: Vec<AdminToken>,
 }
 
 #[derive(Debug, Serialize)]
@@ -381,12 +404,82 @@ impl<'a> Admin<'a> {
         Ok(self.store.audit(after, limit)?)
     }
 
-    /// A new admin token, shown once.
-    pub fn issue_admin_token(&self) -> Result<String> {
+    // ---- admin tokens ----
+
+    /// A new admin token, shown once; it expires after `ADMIN_TOKEN_DAYS` unless `expires` names another day.
+    pub fn issue_admin_token(&self, name: Option<&str>, expires: Option<&str>) -> Result<IssuedAdminToken> {
+        let at = now();
+        let expires_at = expiry(expires)?.unwrap_or(at + ADMIN_TOKEN_DAYS * 86_400);
         let secret = secrets::generate(ADMIN_TOKEN_PREFIX);
-        self.store.add_admin_token(&secret.id, &secret.hash)?;
-        self.audit("admin-token.issue", "", &secret.id, "")?;
-        Ok(secret.token)
+        let token = AdminToken {
+            id: secret.id,
+            name: name.unwrap_or_default().to_owned(),
+            secret_hash: secret.hash,
+            created_at: at,
+            expires_at: Some(expires_at),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.add_admin_token(&token)?;
+        self.audit("admin-token.issue", "", &token.id, &format!("expires={}", crate::time::rfc3339(expires_at)))?;
+        Ok(IssuedAdminToken { token, admin_token: secret.token })
+    }
+
+    pub fn admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        Ok(self.store.admin_tokens()?)
+    }
+
+    /// The service refuses the token from its next request on.
+    pub fn revoke_admin_token(&self, id: &str) -> Result<AdminToken> {
+        let token = self.store.revoke_admin_token(id)?;
+        self.audit("admin-token.revoke", "", &token.id, &token.name)?;
+        Ok(token)
+    }
+
+    /// Replaces `id` (or, without one, every active admin token) with one new token of the same name and a fresh
+    /// lifetime; the replaced ones are revoked at once.
+    pub fn rotate_admin_token(&self, id: Option<&str>) -> Result<RotatedAdminTokens> {
+        let at = now();
+        let replaced: Vec<AdminToken> = match id {
+            Some(id) => {
+                let token = self.store.admin_token(id)?.ok_or_else(|| StoreError::NoSuchAdminToken(id.to_owned()))?;
+                if !access::KeyState::of_admin_token(&token, at).is_active() {
+                    return Err(AdminError::Invalid(format!(
+                        "admin token {id} is {}; issue a new one instead",
+                        access::KeyState::of_admin_token(&token, at).label()
+                    )));
+                }
+                vec![token]
+            }
+            None => self
+                .store
+                .admin_tokens()?
+                .into_iter()
+                .filter(|t| access::KeyState::of_admin_token(t, at).is_active())
+                .collect(),
+        };
+        let name = match replaced.as_slice() {
+            [only] => only.name.clone(),
+            _ => String::new(),
+        };
+        let detail = format!("replaces={}", replaced.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(","));
+        // The new token first, so that a failure half-way never leaves the host without one.
+        let secret = secrets::generate(ADMIN_TOKEN_PREFIX);
+        let token = AdminToken {
+            id: secret.id,
+            name,
+            secret_hash: secret.hash,
+            created_at: at,
+            expires_at: Some(at + ADMIN_TOKEN_DAYS * 86_400),
+            revoked_at: None,
+            last_used_at: None,
+        };
+        self.store.add_admin_token(&token)?;
+        let revoked =
+            replaced.iter().map(|t| self.store.revoke_admin_token(&t.id)).collect::<store::Result<Vec<_>>>()?;
+        self.audit("admin-token.rotate", "", &token.id, &detail)?;
+        let issued = IssuedAdminToken { token, admin_token: secret.token };
+        Ok(RotatedAdminTokens { issued, revoked })
     }
 }
 

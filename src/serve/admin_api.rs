@@ -2,10 +2,10 @@
 //! and out, every action carried out by `admin` (the same operations as the command line) and audited there.
 
 use super::auth::AdminCaller;
+use super::body::JsonBody;
 use super::error::ApiError;
 use super::state::{blocking, Shared};
 use crate::admin::{Admin, AdminError};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,12 +77,7 @@ pub async fn list_parties(admin: AdminCaller, State(state): State<Shared>) -> An
 }
 
 #[utoipa::path(post, path = "/admin/parties", request_body = NewParty, responses((status = 201, description = "added"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
-pub async fn add_party(
-    admin: AdminCaller,
-    State(state): State<Shared>,
-    body: Result<Json<NewParty>, JsonRejection>,
-) -> Answer {
-    let Json(body) = body?;
+pub async fn add_party(admin: AdminCaller, State(state): State<Shared>, JsonBody(body): JsonBody<NewParty>) -> Answer {
     created(with_admin(&admin, &state, move |a| a.add_party(&body.name)).await?)
 }
 
@@ -114,9 +109,8 @@ pub async fn list_ssh_keys(
 pub async fn add_ssh_key(
     admin: AdminCaller,
     State(state): State<Shared>,
-    body: Result<Json<NewSshKey>, JsonRejection>,
+    JsonBody(body): JsonBody<NewSshKey>,
 ) -> Answer {
-    let Json(body) = body?;
     created(
         with_admin(&admin, &state, move |a| {
             a.add_ssh_key(
@@ -149,9 +143,8 @@ pub async fn list_api_keys(
 pub async fn issue_api_key(
     admin: AdminCaller,
     State(state): State<Shared>,
-    body: Result<Json<NewApiKey>, JsonRejection>,
+    JsonBody(body): JsonBody<NewApiKey>,
 ) -> Answer {
-    let Json(body) = body?;
     created(
         with_admin(&admin, &state, move |a| {
             a.issue_api_key(&body.party, body.name.as_deref(), body.expires.as_deref())
@@ -162,13 +155,8 @@ pub async fn issue_api_key(
 
 #[utoipa::path(delete, path = "/admin/api-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
 pub async fn revoke_api_key(admin: AdminCaller, State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
-    let answer = with_admin(&admin, &state, {
-        let id = id.clone();
-        move |a| a.revoke_api_key(&id)
-    })
-    .await?;
-    state.auth.api_keys.forget(&id);
-    ok(answer)
+    // The key's state is read on each request, so the revoke holds from the next one on.
+    ok(with_admin(&admin, &state, move |a| a.revoke_api_key(&id)).await?)
 }
 
 #[utoipa::path(post, path = "/admin/authorized-keys/write", responses((status = 200, description = "lines written"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]

@@ -2,19 +2,24 @@
 //! Bearer token (an `AdminCaller`). Both are extractors, so a handler that serves either names it in its signature
 //! and cannot forget to check it; the rate limit comes with the `Caller`.
 //!
-//! A key's state (revoked, expired, party disabled) is read from the store on every request, so a revoke takes effect
-//! on the next one; argon2 is paid once per (key, secret) and then a SHA-256 of the secret is compared.
+//! A key's state (revoked, expired, party disabled; an admin token's revoked or expired) is read from the store on
+//! every request, so a revoke takes effect on the next one. The secret is checked by `verifier`: argon2 at most once
+//! per (key, secret) in a window, failures limited per key id and per client address before any hash.
+//!
+//! Both extractors take only the request's head: a handler's body extractor runs after them, so a caller without a
+//! valid key never has a byte of its body read (hyper then closes the connection instead of draining the body).
 
 use super::error::ApiError;
 use super::state::Shared;
+use super::verifier::{Kind, Presented, Verifier};
 use crate::access::KeyState;
 use crate::policy::Policy;
 use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,11 +38,10 @@ pub struct Caller {
 /// The caller of an admin route, once its Bearer token checked out.
 pub struct AdminCaller(());
 
-/// The service's authentication state: verified secrets, policies, rate buckets.
+/// The service's authentication state: the secret verifier, policies, rate buckets.
 #[derive(Default)]
 pub struct Auth {
-    pub api_keys: VerifiedCache,
-    pub admin_tokens: VerifiedCache,
+    pub verifier: Verifier,
     policies: Mutex<HashMap<String, CachedPolicy>>,
     key_touched: Mutex<HashMap<String, Instant>>,
     buckets: Mutex<HashMap<String, Bucket>>,
@@ -55,7 +59,7 @@ impl FromRequestParts<Shared> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<Caller, ApiError> {
-        let caller = authenticate(state, &parts.headers).await?;
+        let caller = authenticate(state, &parts.headers, client_address(parts)).await?;
         state.auth.admit(&caller.party, caller.policy.uploads.requests_per_second)?;
         Ok(caller)
     }
@@ -65,29 +69,51 @@ impl FromRequestParts<Shared> for AdminCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Shared) -> Result<AdminCaller, ApiError> {
-        let token = parts
+        let presented = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::NoAdminToken)?;
-        let (id, secret) = secrets::parse(ADMIN_TOKEN_PREFIX, token).ok_or(ApiError::BadAdminToken)?;
-        let hash = state.pool.with(|store| store.admin_token_hash(id))?.ok_or(ApiError::BadAdminToken)?;
-        if !verify(&state.auth.admin_tokens, id, secret, hash).await? {
+        let (id, secret) = secrets::parse(ADMIN_TOKEN_PREFIX, presented).ok_or(ApiError::BadAdminToken)?;
+        let token = state.pool.with(|store| store.admin_token(id))?.ok_or(ApiError::BadAdminToken)?;
+        let presented = Presented {
+            kind: Kind::AdminToken,
+            id,
+            secret,
+            stored_hash: &token.secret_hash,
+            client: client_address(parts),
+        };
+        if !state.auth.verifier.verify(presented).await? {
             return Err(ApiError::BadAdminToken);
+        }
+        match KeyState::of_admin_token(&token, crate::time::now()) {
+            KeyState::Active => {}
+            KeyState::Revoked => return Err(ApiError::RevokedAdminToken),
+            KeyState::Expired => return Err(ApiError::ExpiredAdminToken),
+            KeyState::PartyDisabled => return Err(ApiError::BadAdminToken),
+        }
+        if state.auth.touch_due(&token.id) {
+            state.records.admin_token_used(&token.id);
         }
         Ok(AdminCaller(()))
     }
 }
 
+/// The client's address, when the request came over TCP (the listener puts it in the request's extensions).
+fn client_address(parts: &Parts) -> Option<IpAddr> {
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
+}
+
 /// The API key's party, when the key may be used now.
-async fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn authenticate(state: &Shared, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Caller, ApiError> {
     let presented = headers.get(API_KEY_HEADER).ok_or(ApiError::NoKey)?;
     let presented = presented.to_str().map_err(|_| ApiError::BadKey)?;
     let (id, secret) = secrets::parse(API_KEY_PREFIX, presented.trim()).ok_or(ApiError::BadKey)?;
     let (key, party_enabled) = state.pool.with(|store| store.api_key(id))?.ok_or(ApiError::BadKey)?;
-    if !verify(&state.auth.api_keys, id, secret, key.secret_hash.clone()).await? {
+    let presented = Presented { kind: Kind::ApiKey, id, secret, stored_hash: &key.secret_hash, client };
+    if !state.auth.verifier.verify(presented).await? {
         return Err(ApiError::BadKey);
     }
     match KeyState::of_api_key(&key, party_enabled, crate::time::now()) {
@@ -103,22 +129,8 @@ async fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Caller, Api
     Ok(Caller { party: key.party, key_id: key.id, policy })
 }
 
-/// Checks a secret against its argon2id hash; the slow hash runs on a blocking thread, once per (id, secret).
-async fn verify(cache: &VerifiedCache, id: &str, secret: &str, hash: String) -> Result<bool, ApiError> {
-    let digest = VerifiedCache::digest(secret);
-    if cache.knows(id, &digest) {
-        return Ok(true);
-    }
-    let secret = secret.to_owned();
-    let ok = tokio::task::spawn_blocking(move || secrets::verify_secret(&secret, &hash)).await?;
-    if ok {
-        cache.remember(id, digest);
-    }
-    Ok(ok)
-}
-
 impl Auth {
-    /// True when the key's last use is due to be written (at most once a minute per key).
+    /// True when the key's (or token's) last use is due to be written (at most once a minute per key).
     fn touch_due(&self, id: &str) -> bool {
         let Ok(mut touched) = self.key_touched.lock() else { return false };
         let now = Instant::now();
@@ -171,35 +183,6 @@ impl Auth {
             Ok(())
         } else {
             Err(ApiError::RateLimited { retry_after: ((1.0 - bucket.tokens) / rate).ceil().max(1.0) as u64 })
-        }
-    }
-}
-
-/// Remembers which (id, secret) pairs argon2 has accepted, by a SHA-256 of the secret (never the secret).
-#[derive(Default)]
-pub struct VerifiedCache {
-    verified: Mutex<HashMap<String, [u8; 32]>>,
-}
-
-impl VerifiedCache {
-    fn digest(secret: &str) -> [u8; 32] {
-        Sha256::digest(secret.as_bytes()).into()
-    }
-
-    fn knows(&self, id: &str, digest: &[u8; 32]) -> bool {
-        self.verified.lock().map(|cache| cache.get(id) == Some(digest)).unwrap_or(false)
-    }
-
-    fn remember(&self, id: &str, digest: [u8; 32]) {
-        if let Ok(mut cache) = self.verified.lock() {
-            cache.insert(id.to_owned(), digest);
-        }
-    }
-
-    /// Forgets a key (on revoke): its next use pays argon2 again.
-    pub fn forget(&self, id: &str) {
-        if let Ok(mut cache) = self.verified.lock() {
-            cache.remove(id);
         }
     }
 }

@@ -2,20 +2,22 @@
 //! under, and the message the caller reads (`{"error": "…", "status": N}`). Handlers return `Result<_, ApiError>` and
 //! use `?`; `log_refusals` writes one log line and counts one refusal per failed request, so no handler can forget.
 
+use super::multipart::MultipartError;
 use super::state::Shared;
 use crate::admin::AdminError;
 use crate::fs::confine::ConfineError;
 use crate::fs::landing::FinishError;
 use crate::log::{Line, SERVE};
 use crate::names::NameError;
+use crate::size::ByteSize;
 use crate::store::StoreError;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::fmt;
+use std::net::SocketAddr;
 
 #[derive(Debug)]
 pub enum ApiError {
@@ -32,7 +34,13 @@ pub enum ApiError {
     },
     NoAdminToken,
     BadAdminToken,
+    RevokedAdminToken,
+    ExpiredAdminToken,
     RateLimited {
+        retry_after: u64,
+    },
+    /// Too many failed key checks for this key id or from this address: refused before any slow hash.
+    AuthRateLimited {
         retry_after: u64,
     },
     // ---- which run ----
@@ -57,9 +65,34 @@ pub enum ApiError {
     // ---- what was sent ----
     Name(NameError),
     BadRegistration(String),
-    BadJson(JsonRejection),
+    BadJson(String),
+    /// A JSON body over its limit: refused on its Content-Length, or as soon as more arrived.
+    BodyTooLarge {
+        limit: usize,
+    },
+    /// A registration field over its limit.
+    FieldTooLong {
+        field: &'static str,
+        limit: usize,
+    },
     BadForm(String),
+    /// The multipart body is malformed, or holds a part header or a preamble over its limit.
+    Form(MultipartError),
+    /// A text field of the form over its limit.
+    TextFieldTooLong {
+        field: String,
+        limit: usize,
+    },
+    /// More file parts (or text fields) than `uploads.max_parts_per_request`.
+    TooManyParts {
+        limit: u32,
+        stored: usize,
+    },
     BrokenOff(String),
+    /// The body delivered nothing for `http.body_stall_seconds`.
+    BodyStalled {
+        seconds: u64,
+    },
     BadDigestHeader(String),
     Digest(String),
     TooLarge {
@@ -89,13 +122,20 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            NoKey | BadKey | RevokedKey | ExpiredKey | NoAdminToken | BadAdminToken => StatusCode::UNAUTHORIZED,
+            NoKey | BadKey | RevokedKey | ExpiredKey | NoAdminToken | BadAdminToken | RevokedAdminToken
+            | ExpiredAdminToken => StatusCode::UNAUTHORIZED,
             PartyDisabled { .. } | NoPolicy { .. } => StatusCode::FORBIDDEN,
-            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited { .. } | AuthRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BodyTooLarge { .. } | TextFieldTooLong { .. } | TooManyParts { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Form(error) if error.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             RunName { .. }
             | RunTooLong { .. }
             | Name(_)
             | BadRegistration(_)
+            | BadJson(_)
+            | FieldTooLong { .. }
+            | Form(_)
             | BadForm(_)
             | BrokenOff(_)
             | BadDigestHeader(_)
@@ -109,7 +149,6 @@ impl ApiError {
             }
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
-            BadJson(rejection) => rejection.status(),
             Admin(error) => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             NoTree | Confine(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,16 +164,20 @@ impl ApiError {
             ExpiredKey => "expired-key",
             PartyDisabled { .. } => "party-disabled",
             NoPolicy { .. } => "policy",
-            NoAdminToken | BadAdminToken => "admin-token",
+            NoAdminToken | BadAdminToken | RevokedAdminToken | ExpiredAdminToken => "admin-token",
             RateLimited { .. } => "rate",
+            AuthRateLimited { .. } => "auth-rate",
             RunName { .. } | RunTooLong { .. } => "run-name",
             NoSuchRun { .. } => "no-run",
             OtherPartysRun { .. } => "other-party",
             NoTree | Confine(_) => "confine",
             Name(_) => "name",
             BadRegistration(_) | BadJson(_) => "bad-body",
-            BadForm(_) => "bad-form",
+            BodyTooLarge { .. } | FieldTooLong { .. } | TextFieldTooLong { .. } | TooManyParts { .. } => "body-limit",
+            Form(error) if error.is_limit() => "body-limit",
+            BadForm(_) | Form(_) => "bad-form",
             BrokenOff(_) => "broken-off",
+            BodyStalled { .. } => "body-stalled",
             BadDigestHeader(_) | Digest(_) => "digest",
             TooLarge { .. } => "too-large",
             OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } => "quota",
@@ -161,7 +204,14 @@ impl fmt::Display for ApiError {
             }
             NoAdminToken => f.write_str("send the admin token as: Authorization: Bearer TOKEN"),
             BadAdminToken => f.write_str("the admin token is not valid"),
+            RevokedAdminToken => f.write_str("this admin token was revoked"),
+            ExpiredAdminToken => f.write_str("this admin token has expired; issue another (evosync admin-token)"),
             RateLimited { retry_after } => write!(f, "too many requests; retry in {retry_after} s"),
+            AuthRateLimited { retry_after } => write!(
+                f,
+                "too many failed key checks for this key or from this address; nothing was checked; retry in \
+                 {retry_after} s"
+            ),
             RunName { run, pattern } => write!(f, "'{run}' is not an allowed run name (pattern: {pattern})"),
             RunTooLong { len, max } => {
                 write!(f, "a run folder name is at most {max} bytes; this one is {len} (shorten its label)")
@@ -172,9 +222,29 @@ impl fmt::Display for ApiError {
             Confine(error) => error.fmt(f),
             Name(error) => error.fmt(f),
             BadRegistration(error) => write!(f, "the body is not the registration JSON: {error}"),
-            BadJson(rejection) => {
-                write!(f, "the request body is not what this endpoint takes: {}", rejection.body_text())
+            BadJson(error) => write!(f, "the request body is not what this endpoint takes: {error}"),
+            BodyTooLarge { limit } => write!(
+                f,
+                "the request body is over the {} limit of this endpoint; it was not read",
+                ByteSize(*limit as u64)
+            ),
+            FieldTooLong { field, limit } => {
+                write!(f, "{field} is over the {} limit for a registration field", ByteSize(*limit as u64))
             }
+            Form(error) => write!(f, "the multipart form was refused: {error}; nothing more was read"),
+            TextFieldTooLong { field, limit } => {
+                write!(f, "form field '{field}' is over the {} limit for a text field", ByteSize(*limit as u64))
+            }
+            TooManyParts { limit, stored } => write!(
+                f,
+                "a request may carry at most {limit} file parts and {limit} text fields \
+                 (uploads.max_parts_per_request); the {stored} files before the refused part were stored"
+            ),
+            BodyStalled { seconds } => write!(
+                f,
+                "the request body delivered nothing for {seconds} s (http.body_stall_seconds); nothing of it was \
+                 stored"
+            ),
             BadForm(message) | BadDigestHeader(message) | Digest(message) | Storage(message) | Internal(message) => {
                 f.write_str(message)
             }
@@ -219,7 +289,7 @@ impl ApiError {
         extra.insert("status".into(), status.as_u16().into());
         let body = Json(serde_json::Value::Object(extra));
         let mut response = match self {
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after } | ApiError::AuthRateLimited { retry_after } => {
                 (status, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response()
             }
             _ => (status, body).into_response(),
@@ -231,6 +301,7 @@ impl ApiError {
 
 /// Middleware: one log line and one count for every request that failed, written before the answer goes out.
 pub async fn log_refusals(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let client = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|info| info.0);
     let response = next.run(request).await;
     if let Some(refused) = response.extensions().get::<Refused>() {
         let status = response.status();
@@ -244,7 +315,8 @@ pub async fn log_refusals(State(state): State<Shared>, request: Request, next: N
             .field("event", event)
             .field("reason", refused.label)
             .field("status", status.as_u16())
-            .field("message", &refused.message);
+            .field("message", &refused.message)
+            .field_opt("client", client);
         line.to_stderr();
     }
     response
@@ -262,9 +334,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        ApiError::BadJson(rejection)
+impl From<MultipartError> for ApiError {
+    fn from(error: MultipartError) -> Self {
+        ApiError::Form(error)
     }
 }
 

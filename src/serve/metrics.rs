@@ -1,5 +1,6 @@
-//! `/metrics`: Prometheus text of the service's counters (requests by route, bytes, refusals by reason) and of the
-//! pushes the gates recorded in the ledger, by outcome.
+//! `/metrics`: Prometheus text of the service's counters (requests by route, bytes, refusals by reason, slow key
+//! hashes) and of the pushes the gates recorded in the ledger, by outcome. Served on `metrics_listen` alone when the
+//! configuration names one.
 
 use super::state::{blocking, Shared};
 use axum::extract::{MatchedPath, Request, State};
@@ -74,6 +75,11 @@ fn route_name(path: &str) -> &'static str {
 #[utoipa::path(get, path = "/metrics", responses((status = 200, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Shared>) -> Response {
     let pushes = blocking(&state, |_, store| Ok(store.pushes_by_exit()?)).await.unwrap_or_default();
-    let body = state.metrics.render(&pushes);
+    let mut body = state.metrics.render(&pushes);
+    let _ = writeln!(
+        body,
+        "# TYPE evosync_slow_hashes_total counter\nevosync_slow_hashes_total {}",
+        state.auth.verifier.slow_hashes()
+    );
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
 }

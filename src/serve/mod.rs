@@ -1,19 +1,24 @@
 //! `evosync serve`: the HTTP service. The workers' sync API (`sync_api`, `upload`), the admin API (`admin_api`),
-//! `/metrics`, `/admin/events`, `/openapi.json` and `/healthz`. Who is calling is settled by extractors (`auth`),
-//! every failure is an `error::ApiError`, store and file-system work runs on blocking threads (`state::blocking`);
-//! the async side only moves bytes.
+//! `/metrics`, `/admin/events`, `/openapi.json` and `/healthz`. Connections are accepted and bounded by `listen`;
+//! who is calling is settled by extractors (`auth`, with `verifier` behind them) before any body is read; bodies
+//! are bounded by `body` and `multipart`; every failure is an `error::ApiError`; store and file-system work runs on
+//! blocking threads (`state::blocking`); the async side only moves bytes.
 
 pub mod admin_api;
 pub mod auth;
+pub mod body;
 pub mod broker;
 pub mod error;
 pub mod events;
+pub mod listen;
 pub mod metrics;
+pub mod multipart;
 pub mod openapi;
 pub mod records;
 pub mod state;
 pub mod sync_api;
 pub mod upload;
+pub mod verifier;
 
 #[cfg(test)]
 mod tests;
@@ -23,6 +28,7 @@ use crate::store::{Store, StoreError};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Json, Router};
 use error::ApiError;
+use listen::Listener;
 use state::{AppState, Shared};
 use std::path::PathBuf;
 
@@ -36,7 +42,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
 }
 
-/// Every route of the service.
+/// Every route of the service. With `metrics_listen` set, `/metrics` is left out here (404) and served by
+/// `metrics_router` on its own listener.
 pub fn router(state: Shared) -> Router {
     let admin = Router::new()
         .route("/admin/parties", get(admin_api::list_parties).post(admin_api::add_party))
@@ -57,16 +64,29 @@ pub fn router(state: Shared) -> Router {
         .route("/api/sync/analysis/{run}/list", get(sync_api::list))
         .route("/api/sync/analysis/{run}", post(upload::upload))
         .route("/api/sync/status/{run}", get(sync_api::status))
-        .route_layer(middleware::from_fn_with_state(state.clone(), metrics::count_requests))
-        // Uploads stream to disk under the policy's own per-file limit, so the framework's whole-body limit is off.
-        .layer(axum::extract::DefaultBodyLimit::disable());
-    Router::new()
+        .route_layer(middleware::from_fn_with_state(state.clone(), metrics::count_requests));
+    let mut router = Router::new()
         .merge(admin)
         .merge(workers)
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::metrics))
-        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/openapi.json", get(openapi::openapi_json));
+    if state.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics::metrics));
+    }
+    finish(router, state)
+}
+
+/// The routes of the `metrics_listen` listener: `/metrics` alone.
+pub fn metrics_router(state: Shared) -> Router {
+    finish(Router::new().route("/metrics", get(metrics::metrics)), state)
+}
+
+/// What every listener's routes share: 404 for the rest, the refusal log, and a body limit for any extractor that
+/// reads a whole body (ours read through `body::read_bounded` and `upload`, with limits of their own).
+fn finish(router: Router<Shared>, state: Shared) -> Router {
+    router
         .fallback(|| async { ApiError::NoEndpoint })
+        .layer(axum::extract::DefaultBodyLimit::max(body::JSON_BODY_LIMIT))
         .layer(middleware::from_fn_with_state(state.clone(), error::log_refusals))
         .with_state(state)
 }
@@ -83,22 +103,41 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     Store::open(&config.store_path())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let address = config.listen.clone();
-        let listener = tokio::net::TcpListener::bind(&address)
-            .await
-            .map_err(|source| ServeError::Listen { address: address.clone(), source })?;
+        let api = bind(&config.listen).await?;
+        let metrics = match &config.metrics_listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
         let socket = config.gate_socket();
         let gates = broker::bind(&socket)
             .map_err(|source| ServeError::Listen { address: socket.display().to_string(), source })?;
+        let timeouts = listen::Timeouts::from(&config.http);
+        let max_connections = config.http.max_connections;
         let state = AppState::new(config, config_path);
         tokio::spawn(events::follow_ledger(state.clone()));
         tokio::spawn(broker::serve(state.clone(), gates));
-        let address = format!("http://{}", listener.local_addr()?);
-        crate::log::Line::of(crate::log::SERVE).field("event", "listening").field("address", address).to_stderr();
-        axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+        let mut listeners = vec![Listener { name: "api", tcp: api, router: router(state.clone()), max_connections }];
+        if let Some(tcp) = metrics {
+            let router = metrics_router(state.clone());
+            listeners.push(Listener { name: "metrics", tcp, router, max_connections: listen::METRICS_CONNECTIONS });
+        }
+        for listener in &listeners {
+            crate::log::Line::of(crate::log::SERVE)
+                .field("event", "listening")
+                .field("listener", listener.name)
+                .field("address", format!("http://{}", listener.tcp.local_addr()?))
+                .to_stderr();
+        }
+        listen::serve(listeners, timeouts, shutdown_signal()).await;
         let _ = std::fs::remove_file(&socket);
         Ok(())
     })
+}
+
+async fn bind(address: &str) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Listen { address: address.to_owned(), source })
 }
 
 async fn shutdown_signal() {

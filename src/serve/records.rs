@@ -18,6 +18,8 @@ enum Message {
     File(FileRecord),
     /// An API key was used (written at most once a minute per key by the caller).
     KeyUsed(String),
+    /// An admin token was used (likewise).
+    AdminTokenUsed(String),
     /// Answered once the records sent before it are committed.
     Settle(SyncSender<()>),
 }
@@ -47,6 +49,11 @@ impl Records {
         self.send(Message::KeyUsed(id.to_owned()));
     }
 
+    /// Queues an admin token's last use.
+    pub fn admin_token_used(&self, id: &str) {
+        self.send(Message::AdminTokenUsed(id.to_owned()));
+    }
+
     /// Returns once every record queued before the call is in the store (or after two seconds at most).
     pub fn settle(&self) {
         let (ack, done) = sync_channel(1);
@@ -69,11 +76,12 @@ fn write_batches(store_path: &std::path::Path, receiver: Receiver<Message>) {
             // Let a busy stream of uploads gather: one transaction and one wake-up per batch, not per file.
             std::thread::sleep(LINGER);
         }
-        let (mut files, mut keys, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut files, mut keys, mut tokens, mut waiting) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for message in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
             match message {
                 Message::File(record) => files.push(record),
                 Message::KeyUsed(id) => keys.push(id),
+                Message::AdminTokenUsed(id) => tokens.push(id),
                 Message::Settle(ack) => waiting.push(ack),
             }
         }
@@ -83,6 +91,9 @@ fn write_batches(store_path: &std::path::Path, receiver: Receiver<Message>) {
             }
             for id in &keys {
                 store.touch_api_key(id)?;
+            }
+            for id in &tokens {
+                store.touch_admin_token(id)?;
             }
             Ok(())
         });

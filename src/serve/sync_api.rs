@@ -4,6 +4,7 @@
 //! A party sees only its own runs: another party's run answers exactly as a run that does not exist.
 
 use super::auth::Caller;
+use super::body::{read_bounded, JSON_BODY_LIMIT};
 use super::error::ApiError;
 use super::state::{blocking, AppState, Shared};
 use super::upload::quota_refusal;
@@ -15,7 +16,7 @@ use crate::log::{Line, SERVE};
 use crate::names::{check_subdir, DEFAULT_SUBDIR};
 use crate::store::{FileRecord, Store};
 use crate::time::{hex, now, rfc3339, rfc3339_ns};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -80,11 +81,29 @@ pub struct Registration {
     started_at: Option<serde_json::Value>,
 }
 
-fn as_text(value: &Option<serde_json::Value>) -> Option<String> {
-    match value {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(other) => Some(other.to_string()),
+/// The most a registration field may hold: the metadata is kept in the state store, outside the party's quota, and
+/// shown by every `/status`.
+pub const REGISTRATION_FIELD_LIMIT: usize = 1024;
+
+impl Registration {
+    /// templateName, ecosystemVariant and startedAt as text, each at most `REGISTRATION_FIELD_LIMIT` bytes.
+    fn fields(&self) -> Result<[Option<String>; 3], ApiError> {
+        let text = |field: &'static str, value: &Option<serde_json::Value>| {
+            let text = match value {
+                None | Some(serde_json::Value::Null) => return Ok(None),
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            if text.len() > REGISTRATION_FIELD_LIMIT {
+                return Err(ApiError::FieldTooLong { field, limit: REGISTRATION_FIELD_LIMIT });
+            }
+            Ok(Some(text))
+        };
+        Ok([
+            text("templateName", &self.template_name)?,
+            text("ecosystemVariant", &self.ecosystem_variant)?,
+            text("startedAt", &self.started_at)?,
+        ])
     }
 }
 
@@ -96,13 +115,15 @@ pub async fn register(
     caller: Caller,
     State(state): State<Shared>,
     UrlPath(run): UrlPath<String>,
-    body: axum::body::Bytes,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let body = read_bounded(request, JSON_BODY_LIMIT).await?;
     let registration: Registration = if body.is_empty() {
         Registration { template_name: None, ecosystem_variant: None, started_at: None }
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRegistration(e.to_string()))?
     };
+    let [template_name, ecosystem_variant, started_at] = registration.fields()?;
     let answer = blocking(&state, move |state, store| {
         // The run folder and its analysisResults/ count against max_party_files like any upload's folders.
         let tree = party_tree(state, &caller.party)?;
@@ -124,12 +145,7 @@ pub async fn register(
         };
         state.quota.settle(&reserved, added, Usage::default());
         let (folder, _) = created?;
-        store.set_run_metadata(
-            &run,
-            as_text(&registration.template_name).as_deref(),
-            as_text(&registration.ecosystem_variant).as_deref(),
-            as_text(&registration.started_at).as_deref(),
-        )?;
+        store.set_run_metadata(&run, template_name.as_deref(), ecosystem_variant.as_deref(), started_at.as_deref())?;
         Ok(serde_json::json!({ "run": run, "party": caller.party, "created": folder.created }))
     })
     .await?;

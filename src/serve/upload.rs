@@ -4,9 +4,15 @@
 //!
 //! A small file is held in memory until its last byte (within a budget shared by all uploads) and then written,
 //! synced and renamed in one trip to a blocking thread; a larger one streams into its temp file as it arrives.
+//!
+//! A form is read through `multipart` (our own parser, bounded in what it holds): text fields of at most 4 KiB,
+//! part headers of at most 8 KiB, at most `uploads.max_parts_per_request` file parts. A body that breaks off or
+//! stalls (`body::StallGuard`) drops the file being received, and with it its temp file.
 
 use super::auth::Caller;
+use super::body::body_error;
 use super::error::ApiError;
+use super::multipart::{self, Event};
 use super::state::{blocking, off_thread, Shared};
 use super::sync_api::open_run;
 use crate::access::{OverQuota, Reserved, Usage};
@@ -18,8 +24,8 @@ use crate::names::{check_file_name, check_subdir, DEFAULT_SUBDIR};
 use crate::policy::Limits;
 use crate::store::FileRecord;
 use crate::time::now;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::body::{BodyDataStream, Bytes};
+use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use futures_util::StreamExt;
@@ -173,47 +179,130 @@ pub async fn upload(
     .await?;
 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let stored = if content_type.starts_with("multipart/form-data") {
-        receive_form(&state, &target, request, announced).await?
+    let stored = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+        receive_form(&state, &target, content_type, request, announced).await?
     } else {
         let name = query.filename.clone().ok_or_else(|| {
             ApiError::BadForm("send multipart/form-data, or a raw body with ?filename=NAME&subdir=FOLDER".into())
         })?;
         let subdir = query.subdir.clone().unwrap_or_else(|| DEFAULT_SUBDIR.to_owned());
-        let body = request.into_body().into_data_stream();
+        let body = Source::Raw(request.into_body().into_data_stream());
         vec![receive_file(&state, &target, &subdir, &name, body, announced).await?]
     };
     Ok(Json(serde_json::json!({ "stored": stored.iter().map(|f| &f.name).collect::<Vec<_>>(), "files": stored })))
 }
 
-/// The worker's form: a `subdir` field, then `file` parts, each landed as it ends.
+/// What a form may hold besides its files' data: the parser holds no more than this of any part's headers or of a
+/// preamble.
+const FORM_LIMITS: multipart::Limits = multipart::Limits { part_headers: 8 * 1024, preamble: 8 * 1024 };
+/// The most a text field (`subdir`) may hold.
+const TEXT_FIELD_LIMIT: usize = 4 * 1024;
+
+/// A multipart body, read through the parser as its events are asked for.
+struct Form {
+    parser: multipart::Parser,
+    body: BodyDataStream,
+}
+
+impl Form {
+    async fn next(&mut self) -> Result<Event, ApiError> {
+        loop {
+            if let Some(event) = self.parser.next_event()? {
+                return Ok(event);
+            }
+            match self.body.next().await {
+                Some(chunk) => self.parser.push(&chunk.map_err(body_error)?),
+                None => self.parser.end_input(),
+            }
+        }
+    }
+
+    /// A text field's value, up to `TEXT_FIELD_LIMIT`.
+    async fn text(&mut self, field: &str) -> Result<String, ApiError> {
+        let mut text = Vec::new();
+        loop {
+            match self.next().await? {
+                Event::Data(bytes) if text.len() + bytes.len() > TEXT_FIELD_LIMIT => {
+                    return Err(ApiError::TextFieldTooLong { field: field.to_owned(), limit: TEXT_FIELD_LIMIT });
+                }
+                Event::Data(bytes) => text.extend_from_slice(&bytes),
+                Event::PartEnd => break,
+                event => return Err(out_of_order(&event)),
+            }
+        }
+        String::from_utf8(text).map_err(|_| ApiError::BadForm(format!("form field '{field}' is not UTF-8")))
+    }
+}
+
+/// An event where the parser's grammar allows none such (a part's data between parts, say): a bug, not the client's.
+fn out_of_order(event: &Event) -> ApiError {
+    let kind = match event {
+        Event::Part(_) => "a part's start",
+        Event::Data(_) => "data",
+        Event::PartEnd => "a part's end",
+        Event::End => "the form's end",
+    };
+    ApiError::Internal(format!("internal error: the form parser gave {kind} out of order"))
+}
+
+/// Where a file's bytes come from: a raw body, or one part of a form (until its end).
+enum Source<'a> {
+    Raw(BodyDataStream),
+    Part(&'a mut Form),
+}
+
+impl Source<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ApiError> {
+        match self {
+            Source::Raw(body) => body.next().await.transpose().map_err(body_error),
+            Source::Part(form) => match form.next().await? {
+                Event::Data(bytes) => Ok(Some(bytes)),
+                Event::PartEnd => Ok(None),
+                event => Err(out_of_order(&event)),
+            },
+        }
+    }
+}
+
+/// The worker's form: a `subdir` field, then `file` parts, each landed as it ends. At most
+/// `uploads.max_parts_per_request` file parts and as many text fields.
 async fn receive_form(
     state: &Shared,
     target: &UploadTarget,
+    content_type: &str,
     request: Request,
     announced: Option<[u8; 32]>,
 ) -> Result<Vec<StoredFile>, ApiError> {
-    let mut multipart = axum::extract::Multipart::from_request(request, &())
-        .await
-        .map_err(|e| ApiError::BadForm(format!("not a multipart body: {}", e.body_text())))?;
+    let boundary = multipart::boundary(content_type)?;
+    let mut form =
+        Form { parser: multipart::Parser::new(boundary, FORM_LIMITS), body: request.into_body().into_data_stream() };
+    let max_parts = target.caller.policy.uploads.max_parts_per_request;
     let mut subdir = DEFAULT_SUBDIR.to_owned();
     let mut stored: Vec<StoredFile> = Vec::new();
-    let mut files = 0;
-    while let Some(field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::BadForm(format!("the multipart body is broken: {}", e.body_text())))?
-    {
-        match field.name() {
+    let (mut files, mut fields) = (0u32, 0u32);
+    loop {
+        let part = match form.next().await? {
+            Event::Part(part) => part,
+            Event::End => break,
+            event => return Err(out_of_order(&event)),
+        };
+        match part.name.as_deref() {
             Some("subdir") => {
-                let text = field.text().await.map_err(|e| ApiError::BadForm(e.body_text()))?;
-                subdir = text.trim().to_owned();
+                fields += 1;
+                if fields > max_parts {
+                    return Err(ApiError::TooManyParts { limit: max_parts, stored: stored.len() });
+                }
+                subdir = form.text("subdir").await?.trim().to_owned();
             }
             Some("file") => {
                 files += 1;
-                let name = field.file_name().unwrap_or_default().to_owned();
+                if files > max_parts {
+                    return Err(ApiError::TooManyParts { limit: max_parts, stored: stored.len() });
+                }
+                let name = part.filename.unwrap_or_default();
                 let digest = if files == 1 { announced } else { None };
-                stored.push(receive_file(state, target, &subdir, &name, field, digest).await?);
+                let source = Source::Part(&mut form);
+                stored.push(receive_file(state, target, &subdir, &name, source, digest).await?);
             }
             other => {
                 let other = other.unwrap_or("");
@@ -238,22 +327,20 @@ async fn receive_form(
 }
 
 /// Receives one file's body and puts it in place: whole, or not at all.
-async fn receive_file<E: std::fmt::Display>(
+async fn receive_file(
     state: &Shared,
     target: &UploadTarget,
     subdir: &str,
     name: &str,
-    body: impl futures_util::Stream<Item = Result<Bytes, E>>,
+    mut body: Source<'_>,
     digest: Option<[u8; 32]>,
 ) -> Result<StoredFile, ApiError> {
     let segments = check_destination(target, subdir, name)?;
-    let mut body = std::pin::pin!(body);
     let mut held = HeldChunks::new(&state.uploads.held_bytes);
     let mut streaming: Option<PendingFile> = None;
     let mut folders_created = 0;
     let mut received = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BrokenOff(e.to_string()))?;
+    while let Some(chunk) = body.next_chunk().await? {
         received += chunk.len() as u64;
         check_limits(target, name, received)?;
         let chunk = match &mut streaming {

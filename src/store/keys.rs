@@ -158,15 +158,52 @@ impl Store {
     }
 }
 
+/// An admin token of the HTTP admin API. Its secret is never kept, only an argon2id hash of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AdminToken {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+}
+
 impl Store {
-    pub fn add_admin_token(&self, id: &str, hash: &str) -> Result<()> {
-        self.conn
-            .execute("INSERT INTO admin_tokens (id, hash, created_at) VALUES (?1, ?2, ?3)", params![id, hash, now()])?;
+    pub fn add_admin_token(&self, token: &AdminToken) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO admin_tokens (id, hash, name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token.id, token.secret_hash, token.name, token.created_at, token.expires_at],
+        )?;
         Ok(())
     }
 
-    pub fn admin_token_hash(&self, id: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT hash FROM admin_tokens WHERE id = ?1", [id], |r| r.get(0)).optional()?)
+    /// One token, for the service's check on every admin request.
+    pub fn admin_token(&self, id: &str) -> Result<Option<AdminToken>> {
+        let sql = format!("{ADMIN_TOKEN_SELECT} WHERE id = ?1");
+        Ok(self.conn.prepare_cached(&sql)?.query_row([id], admin_token_row).optional()?)
+    }
+
+    pub fn admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        let sql = format!("{ADMIN_TOKEN_SELECT} ORDER BY created_at, id");
+        let mut statement = self.conn.prepare(&sql)?;
+        let rows = statement.query_map([], admin_token_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn revoke_admin_token(&self, id: &str) -> Result<AdminToken> {
+        self.conn.execute(
+            "UPDATE admin_tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE id = ?1",
+            params![id, now()],
+        )?;
+        self.admin_token(id)?.ok_or_else(|| StoreError::NoSuchAdminToken(id.to_owned()))
+    }
+
+    pub fn touch_admin_token(&self, id: &str) -> Result<()> {
+        self.conn.execute("UPDATE admin_tokens SET last_used_at = ?2 WHERE id = ?1", params![id, now()])?;
+        Ok(())
     }
 }
 
@@ -177,6 +214,21 @@ const SSH_KEY_WITH_PARTY: &str = "SELECT k.id, k.party, k.algorithm, k.blob, k.f
                                   FROM ssh_keys k JOIN parties p ON p.name = k.party";
 const API_KEY_SELECT: &str = "SELECT k.id, k.party, k.name, k.secret_hash, k.expires_at, k.created_at, k.revoked_at, \
                               k.last_used_at, p.enabled FROM api_keys k JOIN parties p ON p.name = k.party";
+
+const ADMIN_TOKEN_SELECT: &str =
+    "SELECT id, name, hash, created_at, expires_at, revoked_at, last_used_at FROM admin_tokens";
+
+fn admin_token_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AdminToken> {
+    Ok(AdminToken {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        secret_hash: row.get(2)?,
+        created_at: row.get(3)?,
+        expires_at: row.get(4)?,
+        revoked_at: row.get(5)?,
+        last_used_at: row.get(6)?,
+    })
+}
 
 fn ssh_key_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SshKey> {
     let from: String = row.get(6)?;

@@ -11,7 +11,7 @@ mod runs;
 mod verifications;
 
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
-pub use keys::{ApiKey, SshKey};
+pub use keys::{AdminToken, ApiKey, SshKey};
 pub use ledger::LedgerRow;
 pub use parties::Party;
 pub use runs::{FileRecord, Run};
@@ -126,6 +126,16 @@ CREATE TABLE verifications (
 ) WITHOUT ROWID;
 CREATE INDEX verifications_run ON verifications(run);
 "#,
+    // Admin tokens get a name, an expiry, a revocation and a last use. Tokens issued before this version had no
+    // expiry; they get the default lifetime (`admin::ADMIN_TOKEN_DAYS`, 90 days) counted from the upgrade, so
+    // none stops working at once and none lives for ever.
+    r#"
+ALTER TABLE admin_tokens ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER;
+ALTER TABLE admin_tokens ADD COLUMN revoked_at INTEGER;
+ALTER TABLE admin_tokens ADD COLUMN last_used_at INTEGER;
+UPDATE admin_tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 90 * 86400 WHERE expires_at IS NULL;
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +156,8 @@ pub enum StoreError {
     NoSuchSshKey(String),
     #[error("there is no API key '{0}'")]
     NoSuchApiKey(String),
+    #[error("there is no admin token '{0}' (evosync admin-token list)")]
+    NoSuchAdminToken(String),
     #[error("run '{run}' belongs to another party")]
     RunOwned { run: String, owner: String },
 }
@@ -266,6 +278,26 @@ mod tests {
         let again = Store::open_existing(&dir.path().join(STORE_FILE)).unwrap();
         assert_eq!(again.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert!(Store::open_existing(&dir.path().join("missing.db")).is_err());
+    }
+
+    #[test]
+    fn admin_tokens_from_before_expiry_existed_get_the_default_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute("INSERT INTO admin_tokens (id, hash, created_at) VALUES ('old', 'h', 1)", []).unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        let token = store.admin_token("old").unwrap().unwrap();
+        let lifetime = token.expires_at.unwrap() - now();
+        assert!((90 * 86_400 - 60..=90 * 86_400).contains(&lifetime), "{lifetime}");
+        assert_eq!((token.revoked_at, token.name.as_str()), (None, ""));
+        assert!(store.revoke_admin_token("old").unwrap().revoked_at.is_some());
+        assert!(matches!(store.revoke_admin_token("nope"), Err(StoreError::NoSuchAdminToken(_))));
     }
 
     #[test]

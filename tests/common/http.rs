@@ -1,4 +1,5 @@
-//! HTTP over a real socket, without a client library, and the `evosync` command line as JSON.
+//! HTTP over a real socket, without a client library (one request per connection, or kept alive), and the `evosync`
+//! command line as JSON.
 
 use std::net::TcpStream;
 use std::path::Path;
@@ -53,4 +54,57 @@ pub fn evosync_json(config: &Path, args: &[&str]) -> (bool, serde_json::Value, S
         .unwrap();
     let value = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
     (output.status.success(), value, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// A keep-alive HTTP/1.1 client: one request at a time on one connection.
+pub struct KeepAlive {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> std::io::Result<KeepAlive> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(KeepAlive { stream, buffer: Vec::new() })
+    }
+
+    /// GET `path` with `headers`; the answer's status.
+    pub fn get(&mut self, path: &str, headers: &str) -> std::io::Result<u16> {
+        use std::io::Write;
+        // One write: a request in pieces would wait on Nagle's algorithm for the server's delayed ACK.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        self.stream.write_all(request.as_bytes())?;
+        let end = loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            self.fill()?;
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..end]).to_ascii_lowercase();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while self.buffer.len() < end + 4 + length {
+            self.fill()?;
+        }
+        self.buffer.drain(..end + 4 + length);
+        Ok(status)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        use std::io::Read;
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk)? {
+            0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! A running `evosync serve`, stopped on drop.
+//! A running `evosync serve`, stopped on drop, and what the tests read of it from `/proc`: its memory and its open
+//! sockets.
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -44,6 +45,69 @@ impl Service {
     /// What the service has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+
+    /// The resident memory now, in MiB; also resets the peak (`VmHWM`) to it where the kernel lets us (root).
+    pub fn rss_mib_resetting_peak(&self) -> f64 {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5");
+        self.status_kib("VmRSS") as f64 / 1024.0
+    }
+
+    /// The peak resident memory since the last reset, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM") as f64 / 1024.0
+    }
+
+    /// TCP connections the service holds open (established) on `port`, its own listener's port.
+    pub fn established_on(&self, port: u16) -> usize {
+        let mut count = 0;
+        for table in ["tcp", "tcp6"] {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid())) else { continue };
+            for line in text.lines().skip(1) {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port =
+                    fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+                if local_port == Some(port) && fields.get(3) == Some(&"01") {
+                    count += 1;
+                }
+            }
+        }
+        count
+    }
+
+    /// Sockets among the service's open file descriptors (its listeners included).
+    pub fn open_sockets(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|fds| {
+                fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                    .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then waits for the exit (up to `within`); `None` when it did not exit in time.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 
