@@ -3,6 +3,7 @@
 #  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), curl, wrk,
 #    systemd (systemd-analyze), build tools;
 #  - the stock sqlite3_rsync >= 3.53.4, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
+#  - Debian's chromium and chromium-driver, the headless browser and its WebDriver the dashboard's tests drive;
 #  - the gate accounts: `evosync` (shared-account mode, and the service's) and `evosync-acme`, `evosync-beta`
 #    (per-party mode), each party account with a group of its own.
 # Gate accounts get the plain /bin/sh and a root-owned, empty home: sshd runs a forced command through the login
@@ -24,6 +25,9 @@ command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v curl >/dev/null || missing+=(curl)
 command -v python3 >/dev/null || missing+=(python3)
 command -v wrk >/dev/null || missing+=(wrk)
+# The dashboard's browser tests (tests/dashboard_browser.rs): Debian's own builds, never a downloaded browser.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 for tool in gcc make tclsh xz; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
@@ -81,4 +85,4 @@ fi
 if ! getent passwd evosyncauth >/dev/null; then
   useradd --system --gid evosync --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin evosyncauth
 fi
-echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), node $(node --version), accounts evosync evosync-acme evosync-beta evosyncauth evosync-reader"
+echo "test environment ready: sshd $(/usr/sbin/sshd -V 2>&1 | head -n1 | cut -d, -f1), sqlite3_rsync of $(/usr/local/bin/sqlite3_rsync --version | cut -d' ' -f1), node $(node --version), $(/usr/bin/chromedriver --version | cut -d' ' -f1-2), accounts evosync evosync-acme evosync-beta evosyncauth evosync-reader"

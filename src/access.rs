@@ -150,6 +150,11 @@ impl Headroom {
         }
     }
 
+    /// What the party stores plus what its writers in flight have reserved (the dashboard's quota bars).
+    pub fn taken(&self) -> Usage {
+        self.taken
+    }
+
     /// Whether `room` fits whole.
     pub fn fits(&self, room: Usage) -> Result<(), OverQuota> {
         if room.files > self.files {

@@ -15,6 +15,7 @@ use super::verifier::{Kind, Presented, Verifier};
 use crate::access::KeyState;
 use crate::policy::Policy;
 use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
+use crate::store::AdminToken;
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
@@ -76,33 +77,40 @@ impl FromRequestParts<Shared> for AdminCaller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::NoAdminToken)?;
-        let (id, secret) = secrets::parse(ADMIN_TOKEN_PREFIX, presented).ok_or(ApiError::BadAdminToken)?;
-        let token = state.pool.with(|store| store.admin_token(id))?.ok_or(ApiError::BadAdminToken)?;
-        let presented = Presented {
-            kind: Kind::AdminToken,
-            id,
-            secret,
-            stored_hash: &token.secret_hash,
-            client: client_address(parts),
-        };
-        if !state.auth.verifier.verify(presented).await? {
-            return Err(ApiError::BadAdminToken);
-        }
-        match KeyState::of_admin_token(&token, crate::time::now()) {
-            KeyState::Active => {}
-            KeyState::Revoked => return Err(ApiError::RevokedAdminToken),
-            KeyState::Expired => return Err(ApiError::ExpiredAdminToken),
-            KeyState::PartyDisabled => return Err(ApiError::BadAdminToken),
-        }
-        if state.auth.touch_due(&token.id) {
-            state.records.admin_token_used(&token.id);
-        }
+        admin_token(state, presented, client_address(parts)).await?;
         Ok(AdminCaller(()))
     }
 }
 
+/// The admin token `presented` names, when its secret checks out and it may be used now. A malformed token or an
+/// unknown id costs no hash; a known id meets the verifier's failure limits before any. The dashboard's sign-in
+/// checks tokens through here too.
+pub async fn admin_token(state: &Shared, presented: &str, client: Option<IpAddr>) -> Result<AdminToken, ApiError> {
+    let (id, secret) = secrets::parse(ADMIN_TOKEN_PREFIX, presented).ok_or(ApiError::BadAdminToken)?;
+    let token = state.pool.with(|store| store.admin_token(id))?.ok_or(ApiError::BadAdminToken)?;
+    let presented = Presented { kind: Kind::AdminToken, id, secret, stored_hash: &token.secret_hash, client };
+    if !state.auth.verifier.verify(presented).await? {
+        return Err(ApiError::BadAdminToken);
+    }
+    admin_token_usable(&token)?;
+    if state.auth.touch_due(&token.id) {
+        state.records.admin_token_used(&token.id);
+    }
+    Ok(token)
+}
+
+/// `Ok` while the token is neither revoked nor expired.
+pub fn admin_token_usable(token: &AdminToken) -> Result<(), ApiError> {
+    match KeyState::of_admin_token(token, crate::time::now()) {
+        KeyState::Active => Ok(()),
+        KeyState::Revoked => Err(ApiError::RevokedAdminToken),
+        KeyState::Expired => Err(ApiError::ExpiredAdminToken),
+        KeyState::PartyDisabled => Err(ApiError::BadAdminToken),
+    }
+}
+
 /// The client's address, when the request came over TCP (the listener puts it in the request's extensions).
-fn client_address(parts: &Parts) -> Option<IpAddr> {
+pub fn client_address(parts: &Parts) -> Option<IpAddr> {
     parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|info| info.0.ip())
 }
 
@@ -131,7 +139,7 @@ async fn authenticate(state: &Shared, headers: &HeaderMap, client: Option<IpAddr
 
 impl Auth {
     /// True when the key's (or token's) last use is due to be written (at most once a minute per key).
-    fn touch_due(&self, id: &str) -> bool {
+    pub fn touch_due(&self, id: &str) -> bool {
         let Ok(mut touched) = self.key_touched.lock() else { return false };
         let now = Instant::now();
         let due = touched.get(id).is_none_or(|at| now.duration_since(*at) > TOUCH_EVERY);

@@ -43,6 +43,14 @@ pub enum ApiError {
     AuthRateLimited {
         retry_after: u64,
     },
+    /// The dashboard: no session, or one that ended (why).
+    NoSession {
+        why: &'static str,
+    },
+    /// The dashboard: an action whose form does not carry the session's CSRF token.
+    Csrf,
+    /// The dashboard: an action sent from another site (`Sec-Fetch-Site`).
+    CrossSite,
     // ---- which run ----
     RunName {
         run: String,
@@ -70,6 +78,16 @@ pub enum ApiError {
     BodyTooLarge {
         limit: usize,
     },
+    /// A request header over the limit the dashboard keeps (the Cookie header).
+    HeaderTooLarge {
+        header: &'static str,
+        limit: usize,
+    },
+    /// A query string over its limit, or one that does not parse.
+    QueryTooLong {
+        limit: usize,
+    },
+    BadQuery(String),
     /// A registration field over its limit.
     FieldTooLong {
         field: &'static str,
@@ -122,9 +140,18 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            NoKey | BadKey | RevokedKey | ExpiredKey | NoAdminToken | BadAdminToken | RevokedAdminToken
-            | ExpiredAdminToken => StatusCode::UNAUTHORIZED,
-            PartyDisabled { .. } | NoPolicy { .. } => StatusCode::FORBIDDEN,
+            NoKey
+            | BadKey
+            | RevokedKey
+            | ExpiredKey
+            | NoAdminToken
+            | BadAdminToken
+            | RevokedAdminToken
+            | ExpiredAdminToken
+            | NoSession { .. } => StatusCode::UNAUTHORIZED,
+            PartyDisabled { .. } | NoPolicy { .. } | Csrf | CrossSite => StatusCode::FORBIDDEN,
+            HeaderTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            QueryTooLong { .. } => StatusCode::URI_TOO_LONG,
             RateLimited { .. } | AuthRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             BodyTooLarge { .. } | TextFieldTooLong { .. } | TooManyParts { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Form(error) if error.is_limit() => StatusCode::PAYLOAD_TOO_LARGE,
@@ -134,6 +161,7 @@ impl ApiError {
             | Name(_)
             | BadRegistration(_)
             | BadJson(_)
+            | BadQuery(_)
             | FieldTooLong { .. }
             | Form(_)
             | BadForm(_)
@@ -167,6 +195,10 @@ impl ApiError {
             NoAdminToken | BadAdminToken | RevokedAdminToken | ExpiredAdminToken => "admin-token",
             RateLimited { .. } => "rate",
             AuthRateLimited { .. } => "auth-rate",
+            NoSession { .. } => "session",
+            Csrf | CrossSite => "csrf",
+            HeaderTooLarge { .. } | QueryTooLong { .. } => "head-limit",
+            BadQuery(_) => "bad-query",
             RunName { .. } | RunTooLong { .. } => "run-name",
             NoSuchRun { .. } => "no-run",
             OtherPartysRun { .. } => "other-party",
@@ -212,6 +244,16 @@ impl fmt::Display for ApiError {
                 "too many failed key checks for this key or from this address; nothing was checked; retry in \
                  {retry_after} s"
             ),
+            NoSession { why } => write!(f, "sign in to the dashboard ({why})"),
+            Csrf => f.write_str(
+                "the form does not carry this session's CSRF token; nothing was done (reload the page and try again)",
+            ),
+            CrossSite => f.write_str("the request came from another site; nothing was done"),
+            HeaderTooLarge { header, limit } => {
+                write!(f, "the {header} header is over the {} limit here", ByteSize(*limit as u64))
+            }
+            QueryTooLong { limit } => write!(f, "the query string is over the {} limit", ByteSize(*limit as u64)),
+            BadQuery(message) => write!(f, "the query string was refused: {message}"),
             RunName { run, pattern } => write!(f, "'{run}' is not an allowed run name (pattern: {pattern})"),
             RunTooLong { len, max } => {
                 write!(f, "a run folder name is at most {max} bytes; this one is {len} (shorten its label)")
@@ -318,6 +360,7 @@ pub async fn log_refusals(State(state): State<Shared>, request: Request, next: N
             .field("message", &refused.message)
             .field_opt("client", client);
         line.to_stderr();
+        state.dashboard.feed.refused(refused.label, status.as_u16(), &refused.message, client);
     }
     response
 }

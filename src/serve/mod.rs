@@ -1,5 +1,5 @@
-//! `evosync serve`: the HTTP service. The workers' sync API (`sync_api`, `upload`), the admin API (`admin_api`),
-//! `/metrics`, `/admin/events`, `/openapi.json` and `/healthz`. Connections are accepted and bounded by `listen`;
+//! `evosync serve`: the HTTP service. The workers' sync API (`sync_api`, `upload`), the admin API (`admin_api`), the
+//! administrator's web dashboard (`dashboard`), `/metrics`, `/admin/events`, `/openapi.json` and `/healthz`. Connections are accepted and bounded by `listen`;
 //! who is calling is settled by extractors (`auth`, with `verifier` behind them) before any body is read; bodies
 //! are bounded by `body` and `multipart`; every failure is an `error::ApiError`; store and file-system work runs on
 //! blocking threads (`state::blocking`); the async side only moves bytes.
@@ -8,6 +8,7 @@ pub mod admin_api;
 pub mod auth;
 pub mod body;
 pub mod broker;
+pub mod dashboard;
 pub mod error;
 pub mod events;
 pub mod listen;
@@ -68,6 +69,7 @@ pub fn router(state: Shared) -> Router {
     let mut router = Router::new()
         .merge(admin)
         .merge(workers)
+        .merge(dashboard::router())
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json));
     if state.config.metrics_listen.is_none() {

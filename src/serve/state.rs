@@ -2,6 +2,7 @@
 //! counters, the event stream, the record writer and the upload state. And the one way to run blocking work.
 
 use super::auth::Auth;
+use super::dashboard::Dashboard;
 use super::error::ApiError;
 use super::metrics::Metrics;
 use super::records::Records;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
     pub quota: Reservations,
+    /// The dashboard's sessions and live feed.
+    pub dashboard: Dashboard,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
 }
@@ -83,6 +86,7 @@ impl AppState {
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
             quota: Reservations::default(),
+            dashboard: Dashboard::default(),
             replica_root: OnceLock::new(),
         })
     }

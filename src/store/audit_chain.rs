@@ -138,7 +138,7 @@ fn chain_hash(record: &AuditRecord) -> String {
     crate::time::hex(&hasher.finalize())
 }
 
-fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+pub(super) fn audit_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     Ok(AuditRecord {
         seq: row.get(0)?,
         at: row.get(1)?,

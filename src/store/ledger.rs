@@ -70,7 +70,7 @@ impl Store {
     }
 }
 
-fn ledger_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
+pub(super) fn ledger_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
     Ok(LedgerRow {
         party: row.get(0)?,
         key_id: row.get(1)?,

@@ -1,9 +1,11 @@
 //! The state store: SQLite at `state_dir/state.db` (WAL, foreign keys, a busy timeout, migrations by
 //! `user_version`). This file opens and migrates it; each table group has a file of its own: `parties`, `keys`
 //! (SSH keys, API keys, admin tokens), `runs` (runs and their analysis files), `ledger` (the pushes the gate ran)
-//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision).
+//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision); `dashboard` reads
+//! summaries of them for the dashboard.
 
 mod audit_chain;
+mod dashboard;
 mod keys;
 mod ledger;
 mod parties;
@@ -11,6 +13,7 @@ mod runs;
 mod verifications;
 
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
+pub use dashboard::{HourlyPushes, HourlyUploads, PushRecord};
 pub use keys::{AdminToken, ApiKey, SshKey};
 pub use ledger::LedgerRow;
 pub use parties::Party;
