@@ -1,5 +1,6 @@
 //! What the service holds while it runs: the configuration, pooled store connections, the authentication caches, the
-//! counters, the event stream, the record writer and the upload state. And the one way to run blocking work.
+//! counters, the event stream, the record writer, the upload state and the dashboard's sessions and feed. And the one way
+//! to run blocking work.
 
 use super::auth::Auth;
 use super::dashboard::Dashboard;

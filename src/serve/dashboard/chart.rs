@@ -5,15 +5,18 @@
 
 use super::pages::{bytes, seconds, when};
 
-/// The drawing's coordinate system (`viewBox`); the stylesheet scales it to the page.
-pub const WIDTH: f64 = 720.0;
-pub const HEIGHT: f64 = 220.0;
-const LEFT: f64 = 64.0;
-const RIGHT: f64 = 64.0;
+/// The drawing's coordinate system (`viewBox`), about the width it is shown at, so its text keeps its size; the
+/// stylesheet scales it to the page.
+pub const WIDTH: f64 = 1200.0;
+pub const HEIGHT: f64 = 260.0;
+const LEFT: f64 = 72.0;
+const RIGHT: f64 = 72.0;
 const TOP: f64 = 14.0;
 const BOTTOM: f64 = 30.0;
 const PLOT_WIDTH: f64 = WIDTH - LEFT - RIGHT;
 const PLOT_HEIGHT: f64 = HEIGHT - TOP - BOTTOM;
+/// A history of few pushes keeps narrow bars.
+const MAX_BAR_WIDTH: f64 = 40.0;
 
 pub struct Chart {
     pub title: String,
@@ -30,6 +33,8 @@ pub struct Chart {
     pub grid: Vec<String>,
     pub legend: Vec<Legend>,
     pub edges: Edges,
+    pub width: f64,
+    pub height: f64,
     /// Nothing to draw: the page says so instead.
     pub empty: bool,
 }
@@ -200,6 +205,8 @@ pub fn hourly(hours: &[Hour]) -> Chart {
             Legend { class: "line-bytes".into(), text: "bytes".into() },
         ],
         edges: Edges::default(),
+        width: WIDTH,
+        height: HEIGHT,
         empty,
     }
 }
@@ -239,7 +246,8 @@ pub fn pushes(history: &[Push], databases: &[String]) -> Chart {
         let height = push.bytes.unwrap_or(0) as f64;
         // A failed push without a replica still shows, as a sliver.
         let height = if push.ok { height } else { height.max(top_bytes * 0.02) };
-        bars.push(bar(left + slot * 0.15, (slot * 0.7).max(1.0), 0.0, height, top_bytes, class, tip.clone()));
+        let width = (slot * 0.7).clamp(1.0, MAX_BAR_WIDTH);
+        bars.push(bar(left + (slot - width) / 2.0, width, 0.0, height, top_bytes, class, tip.clone()));
         let (cx, cy) = (left + slot / 2.0, y_of(push.seconds, top_seconds));
         points.push(format!("{cx:.1},{cy:.1}"));
         dots.push(Dot { cx: coordinate(cx), cy: coordinate(cy), tip });
@@ -262,7 +270,11 @@ pub fn pushes(history: &[Push], databases: &[String]) -> Chart {
     legend.push(Legend { class: "bar-failed".into(), text: "failed push".into() });
     legend.push(Legend { class: "line-seconds".into(), text: "duration".into() });
     Chart {
-        title: format!("The last {} pushes", history.len()),
+        title: match history.len() {
+            0 => "No pushes yet".to_owned(),
+            1 => "The one push so far".to_owned(),
+            n => format!("The last {n} pushes"),
+        },
         caption: "Bars: each replica's size after the push, left axis. Line: how long the push took, right axis."
             .into(),
         bars,
@@ -273,6 +285,8 @@ pub fn pushes(history: &[Push], databases: &[String]) -> Chart {
         grid,
         legend,
         edges: Edges::default(),
+        width: WIDTH,
+        height: HEIGHT,
         empty: history.is_empty(),
     }
 }

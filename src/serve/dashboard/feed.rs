@@ -211,7 +211,7 @@ impl Watch {
 
     fn session_holds(&self) -> bool {
         let now = crate::time::now();
-        if !self.state.dashboard.sessions.is_open(&self.session, now) {
+        if !self.state.dashboard.sessions.keep_open(&self.session, now) {
             return false;
         }
         let token = self.state.pool.with(|store| store.admin_token(&self.session.token_id));

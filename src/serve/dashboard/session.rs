@@ -153,9 +153,17 @@ impl Sessions {
         Ok(SignedIn { token_id: session.token_id.clone(), csrf: session.csrf.clone(), key })
     }
 
-    /// True while the session is open (the live feed asks this of its stream now and then); does not mark it seen.
-    pub fn is_open(&self, session: &SignedIn, now: i64) -> bool {
-        self.lock().get(&session.key).is_some_and(|s| now < s.expires_at)
+    /// True while the session is open; marks it seen. An open live feed asks this now and then: a page that is
+    /// watched counts as a session in use, up to the session's lifetime.
+    pub fn keep_open(&self, session: &SignedIn, now: i64) -> bool {
+        let mut table = self.lock();
+        match table.get_mut(&session.key) {
+            Some(s) if now < s.expires_at && now - s.last_seen < IDLE_LIMIT => {
+                s.last_seen = now;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn close(&self, session: &SignedIn) {
@@ -416,8 +424,11 @@ mod tests {
         let b = sessions.open(&AdminToken { id: "t2".into(), ..token(None) }, 1000);
         sessions.close_token("t1");
         assert!(sessions.find(&a, 1001).is_err() && sessions.find(&b, 1001).is_ok());
-        let b = sessions.find(&b, 1002).unwrap();
-        sessions.close(&b);
+        let watched = sessions.find(&b, 1002).unwrap();
+        assert!(sessions.keep_open(&watched, 1002 + IDLE_LIMIT - 1), "a watched feed keeps its session in use");
+        assert!(sessions.find(&b, 1002 + 2 * IDLE_LIMIT - 2).is_ok());
+        assert!(!sessions.keep_open(&watched, 1002 + 4 * IDLE_LIMIT), "an idle one ends");
+        sessions.close(&watched);
         assert!(sessions.is_empty());
     }
 

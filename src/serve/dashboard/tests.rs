@@ -410,7 +410,7 @@ async fn every_page_renders_with_its_figures_escaped_and_carries_the_security_he
     assert!(parties.body.contains("id=\"party-acme\"") && parties.body.contains("id=\"party-beta\""));
     assert!(parties.body.contains("<meter"), "quota bars");
     let run = rig.call("GET", &format!("/dashboard/runs/{RUN}"), &[("cookie", &cookie)], "").await;
-    assert!(run.body.contains("<svg") && run.body.contains("The last 1 pushes"));
+    assert!(run.body.contains("<svg") && run.body.contains("The one push so far"));
     let overview = rig.call("GET", "/dashboard/", &[("cookie", &cookie)], "").await;
     assert!(overview.body.contains("<svg") && overview.body.contains("Pushes, uploads and bytes per hour"));
     let audit = rig.call("GET", "/dashboard/audit", &[("cookie", &cookie)], "").await;
