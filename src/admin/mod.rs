@@ -223,7 +223,8 @@ impl<'a> Admin<'a> {
         std::fs::create_dir_all(&locks).map_err(io(format!("creating {}", locks.display())))?;
         let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
         sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
-        sys::give_path(&locks, ids, 0o700).map_err(failed(&locks))?;
+        // The service (a member of the party's group) takes a replica's lock to re-verify it.
+        sys::give_path(&locks, ids, 0o2770).map_err(failed(&locks))?;
         // Readable by the party's gate and the service (a member of the party's group), by no other party.
         sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
         Ok(())

@@ -14,11 +14,10 @@ use crate::access::{self, ClaimError, Headroom, KeyState, OverQuota, RunOwner, U
 use crate::broker::{self, Answer, KeyRefusal, Owner, PushRecord, QuotaRefusal, Request};
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, PartyTree};
-use crate::fs::sys;
+use crate::fs::locks;
 use crate::policy::Limits;
 use crate::store::{AuditEntry, LedgerRow, Store};
 use std::cell::RefCell;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -46,7 +45,7 @@ pub struct Broker {
 pub struct Grant {
     pub fsize_limit: u64,
     /// Standalone only: the party's quota lock, held for the whole push.
-    _quota_lock: Option<nix::fcntl::Flock<File>>,
+    _quota_lock: Option<locks::Held>,
 }
 
 impl Central {
@@ -243,22 +242,13 @@ fn over_quota(party: &str, why: QuotaRefusal, used: u64, max: u64) -> Refusal {
 }
 
 /// The party's quota lock (standalone pushes), waited for up to `wait_seconds`.
-fn quota_lock(locks_dir: &Path, party: &str, wait_seconds: u64) -> Result<nix::fcntl::Flock<File>, Refusal> {
-    let path = locks_dir.join(party).join("quota.lock");
-    let failed =
-        |e: std::io::Error| Refusal::with_detail(RefusalCode::LocksUnavailable, format!("{}: {e}", path.display()));
-    std::fs::create_dir_all(locks_dir.join(party)).map_err(failed)?;
+fn quota_lock(locks_dir: &Path, party: &str, wait_seconds: u64) -> Result<locks::Held, Refusal> {
+    let failed = |e: locks::LockFileError| Refusal::with_detail(RefusalCode::LocksUnavailable, e);
+    let path = locks::party_dir(locks_dir, party).map_err(failed)?.join("quota.lock");
     let deadline = std::time::Instant::now() + Duration::from_secs(wait_seconds);
-    loop {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
-        if let Some(lock) = sys::try_lock_exclusive(file).map_err(failed)? {
-            return Ok(lock);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(RefusalCode::QuotaBusy { party: party.to_owned(), waited: wait_seconds }.into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    locks::first_free(&[path], deadline)
+        .map_err(failed)?
+        .ok_or_else(|| RefusalCode::QuotaBusy { party: party.to_owned(), waited: wait_seconds }.into())
 }
 
 impl Broker {
