@@ -39,6 +39,8 @@ pub enum Central {
 /// A connection to the service's broker socket.
 pub struct Broker {
     stream: RefCell<BufReader<UnixStream>>,
+    /// The verification's budget, which the answer to a push's end may take.
+    verify_seconds: u64,
 }
 
 /// Room granted for a push: the child's RLIMIT_FSIZE, held until dropped.
@@ -51,7 +53,7 @@ pub struct Grant {
 impl Central {
     /// The service when it answers on `gate_socket`, else the store when this account can open it, else nothing.
     pub fn connect(config: &Config) -> Central {
-        if let Ok(broker) = Broker::connect(&config.gate_socket()) {
+        if let Ok(broker) = Broker::connect(&config.gate_socket(), config.verify.seconds) {
             return Central::Service(broker);
         }
         let store_path = config.store_path();
@@ -217,7 +219,9 @@ impl Central {
                     exit: row.exit.clone(),
                     replica_bytes: row.replica_bytes,
                 };
-                expect_done(broker.ask(&Request::Finish { ledger })?)
+                // The service checks the replica before it answers: as long as the check's own budget, and then some.
+                let wait = Duration::from_secs(broker.verify_seconds.saturating_add(60));
+                expect_done(broker.ask_within(&Request::Finish { ledger }, wait)?)
             }
             Central::Store(store) => store.record_sync(row).map(drop).map_err(|e| e.to_string()),
             Central::Unreachable(why) => Err(why.clone()),
@@ -252,16 +256,22 @@ fn quota_lock(locks_dir: &Path, party: &str, wait_seconds: u64) -> Result<locks:
 }
 
 impl Broker {
-    fn connect(path: &Path) -> std::io::Result<Broker> {
+    fn connect(path: &Path, verify_seconds: u64) -> std::io::Result<Broker> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(ANSWER_WAIT))?;
         stream.set_write_timeout(Some(ANSWER_WAIT))?;
-        Ok(Broker { stream: RefCell::new(BufReader::new(stream)) })
+        Ok(Broker { stream: RefCell::new(BufReader::new(stream)), verify_seconds })
     }
 
     /// One question, one answer.
     fn ask(&self, request: &Request) -> Result<Answer, String> {
+        self.ask_within(request, ANSWER_WAIT)
+    }
+
+    /// One question, one answer within `wait`.
+    fn ask_within(&self, request: &Request, wait: Duration) -> Result<Answer, String> {
         let mut stream = self.stream.borrow_mut();
+        stream.get_ref().set_read_timeout(Some(wait)).map_err(|e| format!("the service's socket: {e}"))?;
         stream.get_mut().write_all(&broker::encode(request)).map_err(|e| format!("the service's socket: {e}"))?;
         let mut line = Vec::new();
         stream

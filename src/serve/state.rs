@@ -7,6 +7,7 @@ use super::metrics::Metrics;
 use super::records::Records;
 use super::upload::Uploads;
 use crate::access::Reservations;
+use crate::catalog::publish::Catalog;
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, ReplicaRoot};
 use crate::store::{Store, StoreError};
@@ -64,6 +65,10 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
     pub quota: Reservations,
+    /// The published catalog, when the configuration names one (`catalog_root`).
+    pub catalog: Option<Catalog>,
+    /// One change to the catalog at a time.
+    pub catalog_changes: std::sync::Mutex<()>,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
 }
@@ -73,6 +78,7 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn new(config: Config, config_path: PathBuf) -> Shared {
         let store_path = config.store_path();
+        let catalog = super::catalog::open(&config).ok().flatten();
         Arc::new(AppState {
             pool: StorePool::new(store_path.clone()),
             records: Records::start(store_path),
@@ -83,6 +89,8 @@ impl AppState {
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
             quota: Reservations::default(),
+            catalog,
+            catalog_changes: std::sync::Mutex::new(()),
             replica_root: OnceLock::new(),
         })
     }
