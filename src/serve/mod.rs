@@ -8,6 +8,7 @@ pub mod admin_api;
 pub mod auth;
 pub mod body;
 pub mod broker;
+pub mod catalog;
 pub mod dashboard;
 pub mod error;
 pub mod events;
@@ -41,6 +42,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the catalog_root {path} cannot be opened: {source} (evosync init --catalog-root makes it)")]
+    Catalog { path: String, source: std::io::Error },
 }
 
 /// Every route of the service. With `metrics_listen` set, `/metrics` is left out here (404) and served by
@@ -59,6 +62,7 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/authorized-keys/check", get(admin_api::check_authorized_keys))
         .route("/admin/audit", get(admin_api::audit))
         .route("/admin/runs", get(admin_api::runs))
+        .route("/admin/runs/{run}/verify", post(admin_api::reverify_run))
         .route("/admin/events", get(events::events));
     let workers = Router::new()
         .route("/api/sync/register/{run}", post(sync_api::register))
@@ -101,8 +105,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
-    // Fail early, before binding, when the store cannot be opened.
+    // Fail early, before binding, when the store or the catalog cannot be opened.
     Store::open(&config.store_path())?;
+    catalog::open(&config).map_err(|source| ServeError::Catalog {
+        path: config.catalog_root.clone().unwrap_or_default().display().to_string(),
+        source,
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let api = bind(&config.listen).await?;
@@ -118,6 +126,7 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         let state = AppState::new(config, config_path);
         tokio::spawn(events::follow_ledger(state.clone()));
         tokio::spawn(broker::serve(state.clone(), gates));
+        tokio::spawn(catalog::follow(state.clone()));
         let mut listeners = vec![Listener { name: "api", tcp: api, router: router(state.clone()), max_connections }];
         if let Some(tcp) = metrics {
             let router = metrics_router(state.clone());

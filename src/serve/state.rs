@@ -9,6 +9,7 @@ use super::metrics::Metrics;
 use super::records::Records;
 use super::upload::Uploads;
 use crate::access::Reservations;
+use crate::catalog::publish::Catalog;
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, ReplicaRoot};
 use crate::store::{Store, StoreError};
@@ -68,6 +69,10 @@ pub struct AppState {
     pub quota: Reservations,
     /// The dashboard's sessions and live feed.
     pub dashboard: Dashboard,
+    /// The published catalog, when the configuration names one (`catalog_root`).
+    pub catalog: Option<Catalog>,
+    /// One change to the catalog at a time.
+    pub catalog_changes: std::sync::Mutex<()>,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
 }
@@ -77,6 +82,7 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn new(config: Config, config_path: PathBuf) -> Shared {
         let store_path = config.store_path();
+        let catalog = super::catalog::open(&config).ok().flatten();
         Arc::new(AppState {
             pool: StorePool::new(store_path.clone()),
             records: Records::start(store_path),
@@ -88,6 +94,8 @@ impl AppState {
             uploads: Uploads::default(),
             quota: Reservations::default(),
             dashboard: Dashboard::default(),
+            catalog,
+            catalog_changes: std::sync::Mutex::new(()),
             replica_root: OnceLock::new(),
         })
     }
