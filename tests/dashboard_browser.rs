@@ -2,7 +2,8 @@
 //! with a real sshd, the stock sqlite3_rsync and the workers' API feeding it:
 //! - signing in with the admin token shows both parties; the session cookie is HttpOnly and SameSite=Strict, out of
 //!   the page's reach; revoking the admin token ends the session at the next page;
-//! - a push made during the test, an upload and a refused push appear in the live feed without a reload;
+//! - a push made during the test (with the catalog's verdict on it), an upload and a refused push appear in the live
+//!   feed without a reload; the run's replicas are verified again from its page;
 //! - revoking an SSH key in the page refuses that key's next ssh login (and no other key's);
 //! - markup in a template name, an ecosystem variant, a key comment and an API key name shows as text, and runs not;
 //! - an action with a forged or missing CSRF token, from another site on the same host, or after signing out is
@@ -234,6 +235,7 @@ fn a_push_made_during_the_test_appears_in_the_live_feed_without_a_reload() {
     browser.wait_for("the push in the feed", |b| live_rows(b, "push", RUN) > 0);
     let row = browser.text("#live-feed li.live.push").unwrap();
     assert!(row.contains("acme") && row.contains("genomes.sqlite: exit 0"), "{row}");
+    browser.wait_for("the catalog's verdict on the push", |b| live_rows(b, "verified", RUN) > 0);
 
     assert_eq!(central.upload(MARKED_RUN, "coverage_feed.json"), 200);
     browser.wait_for("the upload in the feed", |b| live_rows(b, "upload", "coverage_feed.json") > 0);
@@ -259,6 +261,10 @@ fn a_push_made_during_the_test_appears_in_the_live_feed_without_a_reload() {
     browser.goto(&central.url(&format!("/dashboard/runs/{RUN}")));
     wait_for_heading(&browser, RUN);
     assert!(browser.find("svg.chart-svg rect.bar-db0").is_some(), "the run's push history");
+    browser.click("form.reverify button");
+    browser.wait_for("the verdicts", |b| b.text(".flash").is_some_and(|t| t.contains("was verified again")));
+    let flash = browser.text(".flash").unwrap();
+    assert!(flash.contains("genomes.sqlite passed") || flash.contains("genomes.sqlite failed"), "{flash}");
     browser.screenshot("run");
 }
 

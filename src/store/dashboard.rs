@@ -14,9 +14,9 @@ use rusqlite::{params, OptionalExtension};
 /// How far a row's time may run behind a later row's: the longest a push can take and still be recorded.
 const ORDER_SLACK: i64 = 86_400;
 
-/// How many of the newest audit records a search for recent refusals looks through, so that a trail without
-/// refusals is not read whole on every page.
-const REFUSAL_SCAN: i64 = 100_000;
+/// How many of the newest audit records a search for recent ones of note looks through, so that a trail without
+/// any is not read whole on every page.
+const NOTABLE_SCAN: i64 = 100_000;
 
 /// Pushes that started in one hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -205,15 +205,18 @@ impl Store {
         Ok(rows)
     }
 
-    /// The gate's newest refusals, newest first, among the last `REFUSAL_SCAN` audit records.
-    pub fn recent_gate_refusals(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+    /// The newest audit records of note, newest first, among the last `NOTABLE_SCAN`: the gate's refusals
+    /// (`refuse:CODE`), the catalog's publications and withdrawals, and what administrators did (actors `cli:`,
+    /// `http:`, `dashboard:`).
+    pub fn recent_notable_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
         let mut statement = self.conn.prepare_cached(
             "SELECT seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash FROM audit \
-             WHERE seq > (SELECT coalesce(max(seq), 0) FROM audit) - ?1 AND outcome LIKE 'refuse:%' \
-             ORDER BY seq DESC LIMIT ?2",
+             WHERE seq > (SELECT coalesce(max(seq), 0) FROM audit) - ?1 AND (outcome LIKE 'refuse:%' \
+             OR action IN ('publish', 'withdraw') OR actor LIKE 'cli:%' OR actor LIKE 'http:%' \
+             OR actor LIKE 'dashboard:%') ORDER BY seq DESC LIMIT ?2",
         )?;
         let rows =
-            statement.query_map(params![REFUSAL_SCAN, limit], audit_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            statement.query_map(params![NOTABLE_SCAN, limit], audit_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
@@ -285,19 +288,22 @@ mod tests {
     }
 
     #[test]
-    fn gate_refusals_are_counted_by_code_and_found_newest_first() {
+    fn gate_refusals_are_counted_by_code_and_records_of_note_found_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
         for outcome in ["allow", "refuse:command", "refuse:run", "refuse:command", "ok"] {
             store.append_audit(&AuditEntry { actor: "gate", action: "gate", outcome, ..Default::default() }).unwrap();
         }
+        for (actor, action) in [("serve:catalog", "verify"), ("serve:catalog", "withdraw"), ("cli:root", "party.add")] {
+            store.append_audit(&AuditEntry { actor, action, outcome: "ok", ..Default::default() }).unwrap();
+        }
         let counts = store.gate_refusals_since(0).unwrap();
         assert_eq!(counts, [("command".to_owned(), 2), ("run".to_owned(), 1)]);
         assert!(store.gate_refusals_since(crate::time::now() + 10).unwrap().is_empty());
-        let recent: Vec<i64> = store.recent_gate_refusals(10).unwrap().iter().map(|r| r.seq).collect();
-        assert_eq!(recent, [4, 3, 2]);
+        let recent: Vec<i64> = store.recent_notable_audit(10).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(recent, [8, 7, 4, 3, 2]);
         let page: Vec<i64> = store.audit_newest_first(Some(4), 2).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(page, [3, 2]);
-        assert_eq!(store.last_audit_seq().unwrap(), 5);
+        assert_eq!(store.last_audit_seq().unwrap(), 8);
     }
 }

@@ -229,22 +229,33 @@ pub async fn issue_api_key(
     page(StatusCode::CREATED, &issued_page)
 }
 
-/// Re-verifies a run's replicas now (the catalog's check, and publication or withdrawal by its verdicts).
+/// Verifies a run's replicas again now (the catalog's check, each under its replica's lock), and publishes or
+/// withdraws the run by the verdicts: `serve::catalog::reverify`, as the admin API's `/admin/runs/{run}/verify`.
 pub async fn reverify(State(state): State<Shared>, UrlPath(run): UrlPath<String>, action: Action<NoFields>) -> Answer {
     if run.len() > MAX_SEGMENT_BYTES || !is_plain_segment(&run) {
         return Err(ApiError::NoSuchRun { run: super::pages::clip(&run, 64) }.into());
     }
     let name = run.clone();
-    let owner = blocking(&state, move |_, store| Ok(store.run(&name)?)).await?;
-    let owner = owner.ok_or_else(|| ApiError::NoSuchRun { run: run.clone() })?;
-    catalog_reverify(&state, &owner.party, &run).await?;
-    let message = format!("Run {run} was verified again; its replicas show the new verdicts.");
+    let party = act(&state, &action.session, move |admin| {
+        let found = admin.store.run(&name)?.ok_or_else(|| AdminError::NotFound(format!("there is no run '{name}'")))?;
+        admin.record("run.verify", &found.party, &name, "")?;
+        Ok(found.party)
+    })
+    .await?;
+    let verdicts = crate::serve::catalog::reverify(&state, &party, &run).await?;
+    let published = crate::catalog::is_published(&state.config, &run);
+    let message = if verdicts.is_empty() {
+        format!("Run {run} has no replica to verify yet.")
+    } else {
+        let each: Vec<String> = verdicts
+            .iter()
+            .map(|(database, verdict)| match (verdict.ok, &verdict.reason) {
+                (true, _) => format!("{database} passed"),
+                (false, reason) => format!("{database} failed: {}", reason.clone().unwrap_or_default()),
+            })
+            .collect();
+        let catalog = if published { "it is published" } else { "it is not published" };
+        format!("Run {run} was verified again: {}; {catalog}.", each.join("; "))
+    };
     done(&state, &action.session, message, &format!("/dashboard/runs/{run}"))
-}
-
-/// Stands in for `serve::catalog::reverify` (issue 10), which this branch does not have yet: the action is wired,
-/// checked and refused with a reason until that function replaces this one.
-async fn catalog_reverify(_state: &Shared, _party: &str, _run: &str) -> Result<(), ApiError> {
-    Err(AdminError::Invalid("re-verification is not available yet on this host (it comes with the catalog)".into())
-        .into())
 }

@@ -146,18 +146,37 @@ async fn last_audit_seq(state: &Shared) -> Result<i64, crate::serve::error::ApiE
     blocking(state, |_, store| Ok(store.last_audit_seq()?)).await
 }
 
-/// What the feed shows of an audit record: the gate's refusals and every admin action; the gate's other records
-/// (decisions to allow, outcomes) are the pushes the ledger reports.
+/// Who acts for a person: the command line, the admin API, the dashboard.
+const PEOPLE: [&str; 3] = ["cli:", "http:", "dashboard:"];
+
+/// What the feed shows of an audit record: the gate's refusals, and what administrators did. The gate's other records
+/// are the pushes the ledger reports, and the catalog's (verdicts, publications, withdrawals) come as events of their
+/// own.
 fn audit_event(record: &AuditRecord) -> Option<serde_json::Value> {
     if let Some(code) = record.outcome.strip_prefix("refuse:") {
         return Some(serde_json::json!({ "type": "refusal", "source": "gate", "reason": code,
             "party": record.party, "message": clip(&record.detail, MESSAGE_CHARS), "at": record.at }));
     }
-    if record.action == "gate" {
+    if !PEOPLE.iter().any(|prefix| record.actor.starts_with(prefix)) {
         return None;
     }
     Some(serde_json::json!({ "type": "admin", "action": record.action, "actor": record.actor,
         "party": record.party, "subject": record.subject, "at": record.at }))
+}
+
+/// A record of note as a row of the server-rendered feed (`recent_notable_audit` chose it).
+fn audit_item(record: AuditRecord) -> FeedItem {
+    let detail = clip(&record.detail, MESSAGE_CHARS);
+    let (kind, outcome, run, text) = if let Some(code) = record.outcome.strip_prefix("refuse:") {
+        ("refusal", "bad", String::new(), format!("gate, {code}: {detail}"))
+    } else if record.action == "publish" {
+        ("published", "ok", record.subject, "published in the catalog".to_owned())
+    } else if record.action == "withdraw" {
+        ("withdrawn", "bad", record.subject, format!("withdrawn from the catalog: {detail}"))
+    } else {
+        ("admin", "ok", String::new(), format!("{} {} by {}", record.action, record.subject, record.actor))
+    };
+    FeedItem { at: record.at, when: when(record.at), kind, outcome, party: record.party, run, text }
 }
 
 /// `/dashboard/events`: the feed as Server-Sent Events, while the session holds.
@@ -272,21 +291,7 @@ pub fn recent(state: &Shared, store: &Store, limit: usize) -> Result<Vec<FeedIte
             text: format!("{}/{} ({})", file.subdir, file.name, bytes(file.size)),
         });
     }
-    for record in store.recent_gate_refusals(each)? {
-        items.push(FeedItem {
-            at: record.at,
-            when: when(record.at),
-            kind: "refusal",
-            outcome: "bad",
-            party: record.party,
-            run: String::new(),
-            text: format!(
-                "gate, {}: {}",
-                record.outcome.trim_start_matches("refuse:"),
-                clip(&record.detail, MESSAGE_CHARS)
-            ),
-        });
-    }
+    items.extend(store.recent_notable_audit(each)?.into_iter().map(audit_item));
     let service: Vec<ServiceRefusal> =
         state.dashboard.feed.recent.lock().map(|recent| recent.iter().cloned().collect()).unwrap_or_default();
     for refusal in service {
@@ -343,6 +348,9 @@ mod tests {
         assert_eq!(audit_event(&record("gate", "refuse:run")).unwrap()["reason"], "run");
         assert!(audit_event(&record("gate", "allow")).is_none());
         assert!(audit_event(&record("gate", "done:0")).is_none());
-        assert_eq!(audit_event(&record("ssh-key.revoke", "ok")).unwrap()["type"], "admin");
+        assert!(audit_event(&record("verify", "refuse")).is_none(), "the catalog's come as events");
+        let by = |actor: &str| AuditRecord { actor: actor.into(), ..record("ssh-key.revoke", "ok") };
+        assert_eq!(audit_event(&by("dashboard:0123")).unwrap()["type"], "admin");
+        assert_eq!(audit_event(&by("cli:root")).unwrap()["actor"], "cli:root");
     }
 }

@@ -14,6 +14,8 @@ use axum::http::{header, Request, StatusCode};
 use tower::ServiceExt;
 
 const RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DR_dash";
+/// A run without replicas yet.
+const EMPTY_RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DV_empty";
 const MARKUP: &str = "<script>alert(1)</script>";
 
 struct Rig {
@@ -82,6 +84,7 @@ impl Rig {
         let ssh_key_id = admin.add_ssh_key("acme", key, None, None, Some(MARKUP)).unwrap().key.id;
         let issued = admin.issue_admin_token(Some("ops"), None).unwrap();
         admin.store.claim_run("acme", RUN).unwrap();
+        admin.store.claim_run("beta", EMPTY_RUN).unwrap();
         admin.store.set_run_metadata(RUN, Some(MARKUP), Some("\"><img src=x>"), Some("2026-11-25")).unwrap();
         admin
             .store
@@ -169,7 +172,7 @@ fn actions(rig: &Rig) -> Vec<String> {
         "/dashboard/parties/beta/api-keys".into(),
         format!("/dashboard/ssh-keys/{}/revoke", rig.ssh_key_id),
         "/dashboard/api-keys/0123456789abcdef/revoke".into(),
-        format!("/dashboard/runs/{RUN}/reverify"),
+        format!("/dashboard/runs/{EMPTY_RUN}/reverify"),
         "/dashboard/sign-out".into(),
     ]
 }
@@ -302,9 +305,14 @@ async fn every_action_needs_the_sessions_csrf_token_and_the_same_origin() {
     let answer = rig.post_form(&format!("/dashboard/ssh-keys/{}/revoke", rig.ssh_key_id), &cookie, &form, &[]).await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER);
     assert!(rig.store().ssh_key(&rig.ssh_key_id).unwrap().unwrap().revoked_at.is_some());
-    let answer = rig.post_form(&format!("/dashboard/runs/{RUN}/reverify"), &cookie, &form, &[]).await;
-    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "re-verification is not wired in yet: {}", answer.body);
-    assert!(answer.body.contains("not available yet"));
+    let answer = rig.post_form(&format!("/dashboard/runs/{EMPTY_RUN}/reverify"), &cookie, &form, &[]).await;
+    assert_eq!(answer.location(), format!("/dashboard/runs/{EMPTY_RUN}"), "{}", answer.body);
+    let page = rig.call("GET", answer.location(), &[("cookie", &cookie)], "").await;
+    assert!(page.body.contains("has no replica to verify yet"), "{}", page.body);
+    let audit = rig.store().audit(0, 1000).unwrap();
+    assert!(audit
+        .iter()
+        .any(|r| r.action == "run.verify" && r.subject == EMPTY_RUN && r.actor.starts_with("dashboard:")));
 }
 
 #[tokio::test]

@@ -273,7 +273,7 @@ pub async fn parties(session: SignedIn, State(state): State<Shared>) -> Page {
             let run_count = runs.iter().filter(|r| r.party == party.name).count() as u64;
             let (quotas, problem) = match quotas(state, &party.name, run_count) {
                 Ok(quotas) => (quotas, None),
-                Err(problem) => (Vec::new(), Some(problem)),
+                Err(problem) => (Vec::new(), Some(problem.to_string())),
             };
             cards.push(PartyCard { name: party.name, enabled: party.enabled, problem, quotas, ssh_keys, api_keys });
         }
@@ -285,11 +285,11 @@ pub async fn parties(session: SignedIn, State(state): State<Shared>) -> Page {
 
 /// A party's quota bars: bytes and files (stored plus reserved by writers in flight, from the service's quota book,
 /// which walks the tree at most every 30 s) and runs.
-fn quotas(state: &Shared, party: &str, runs: u64) -> Result<Vec<Quota>, String> {
-    let policy = state.auth.policy(state, party).map_err(|e| e.to_string())?;
+fn quotas(state: &Shared, party: &str, runs: u64) -> Result<Vec<Quota>, ApiError> {
+    let policy = state.auth.policy(state, party)?;
     let limits = &policy.limits;
-    let tree = state.replica_root().and_then(|root| PartyTree::open_in(&root, party)).map_err(|e| e.to_string())?;
-    let taken: Usage = state.quota.headroom(party, limits, || tree.usage()).map_err(|e| e.to_string())?.taken();
+    let tree = state.replica_root().and_then(|root| PartyTree::open_in(&root, party)).map_err(ApiError::Confine)?;
+    let taken: Usage = state.quota.headroom(party, limits, || tree.usage()).map_err(ApiError::Confine)?.taken();
     Ok(vec![
         Quota::new("bytes", taken.bytes, limits.max_party_bytes.map(|b| b.0), bytes),
         Quota::new("files", taken.files, Some(limits.max_party_files), |n| n.to_string()),
