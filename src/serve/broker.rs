@@ -172,6 +172,9 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
                 store.append_audit(&entry)?;
                 (Answer::Done, None)
             }
+            Request::Transport { client, server } => {
+                (super::tunnel::transport_answer(state, trusted, caller.as_deref(), client, server), None)
+            }
             Request::Finish { ledger } => {
                 let row = LedgerRow {
                     party: ledger.party,
@@ -182,6 +185,7 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
                     seconds: ledger.seconds,
                     exit: ledger.exit,
                     replica_bytes: ledger.replica_bytes,
+                    transport: ledger.transport,
                 };
                 store.record_sync(&row)?;
                 (Answer::Done, Some(Reserved::none(&row.party)))

@@ -64,6 +64,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
     pub quota: Reservations,
+    /// The SSH tunnels open now (`tunnel`): how many per party, and whose each sshd connection is.
+    pub tunnels: super::tunnel::Tunnels,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
 }
@@ -83,6 +85,7 @@ impl AppState {
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
             quota: Reservations::default(),
+            tunnels: Default::default(),
             replica_root: OnceLock::new(),
         })
     }
