@@ -537,14 +537,29 @@ fn tunnels_are_bounded_in_number_time_and_frame_size() {
     );
     assert!(central.metrics().contains("evosync_tunnels_open{party=\"acme\"} 2"));
 
-    // The connection cap: two tunnels and one more connection hold the three slots; the next waits in the backlog.
-    let sockets_before = central.service().open_sockets();
+    // The connection cap: two tunnels and one more connection hold the three slots; the next waits in the backlog
+    // until one closes.
+    let service = central.service();
+    let settled = || {
+        let mut last = service.open_sockets();
+        loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let now = service.open_sockets();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let base = settled();
     let holder = std::net::TcpStream::connect(("127.0.0.1", central.port)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(settled(), base + 1, "the third connection is accepted");
     let waiting = std::net::TcpStream::connect(("127.0.0.1", central.port)).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(central.service().open_sockets(), sockets_before + 1, "the fourth connection is not accepted");
-    drop((waiting, holder));
+    assert_eq!(service.open_sockets(), base + 1, "the fourth waits while two tunnels and one connection hold the cap");
+    drop(holder);
+    assert_eq!(settled(), base + 1, "the fourth is accepted once the third closed");
+    drop(waiting);
 
     // Both tunnels carry nothing: each is closed after 3 s with the reason, and the process says it.
     for held in [first, second] {
