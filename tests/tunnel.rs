@@ -692,12 +692,37 @@ fn a_bad_pair_or_plain_http_beyond_loopback_stops_the_start() {
     assert!(refused_start(&plain, "").contains("is not a loopback address"));
 
     // Without tunnel_ssh the endpoint is off: 404, as for any unknown path.
-    std::fs::write(&plain, format!("{base}tls_cert: {}\ntls_key: {}\n", pki.cert.display(), pki.key.display()))
-        .unwrap();
-    let _service = Service::start(&plain, central.port);
+    let tls = format!(
+        "tls_cert: {}\ntls_key: {}\nhttp:\n  header_timeout_seconds: 1\n",
+        pki.cert.display(),
+        pki.key.display()
+    );
+    std::fs::write(&plain, format!("{base}{tls}")).unwrap();
+    let service = Service::start(&plain, central.port);
     let (status, body) =
         https(central.port, &pki.ca, "GET", "/api/sync/ssh", &[("X-Sync-API-Key", &central.api_key(&central.acme.1))]);
     assert_eq!(status, 404, "{body}");
     let (status, _) = https(central.port, &pki.ca, "GET", "/healthz", &[]);
     assert_eq!(status, 200);
+
+    // A TLS handshake is bounded in time: a client that sends nothing is closed after the header timeout, and one
+    // that speaks plain HTTP to the TLS port is refused at once.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", central.port)).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut nothing = Vec::new();
+    assert_eq!(silent.read_to_end(&mut nothing).unwrap(), 0, "closed without a byte");
+    let mut plain_http = std::net::TcpStream::connect(("127.0.0.1", central.port)).unwrap();
+    plain_http.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    plain_http.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = plain_http.read_to_end(&mut nothing);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = service.log();
+        let timed_out = log.contains("reason=header-timeout message=\"no complete TLS handshake within 1 s\"");
+        if timed_out && log.contains("reason=tls-handshake") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both refusals are logged: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
