@@ -3,7 +3,9 @@
 #   evosync init, party add, ssh-key add (managed authorized_keys), api-key issue, evosync serve (admin + sync API),
 #   sshd on 127.0.0.1 with the shared-account snippet and evosync-gate as each key's forced command,
 #   then the worker sync manager's sequence with the stock client: ssh mkdir -p, sqlite3_rsync per database,
-#   register, list, upload (its hand-built multipart body), list again; and a few refusals.
+#   register, list, upload (its hand-built multipart body), list again; and a few refusals;
+#   then a reader as kromosynth-evoruns opens them (better-sqlite3, read-only, as an account of the catalog's group
+#   only) through the catalog of verified runs.
 # Leaves its folder for a look (target/demo-*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,7 @@ mkdir -p "$demo/keys"
 install -o evosync -g evosync -m 0600 /dev/null "$demo/keys/evosync"   # sshd reads it as the evosync account
 run "$evosync" --config "$cfg" init --replica-root "$demo/replicas" --policies-dir "$demo/policies" \
   --state-dir "$demo/state" --gate "$gate" --authorized-keys "$demo/keys/evosync" --listen "127.0.0.1:$http_port" \
+  --catalog-root "$demo/catalog" \
   | sed -E 's/^(evsadm_[0-9a-f]{16}_)[0-9a-f]+$/\1…/'
 run "$evosync" --config "$cfg" party add demo
 ssh-keygen -q -t ed25519 -N '' -C demo-worker -f "$demo/worker_key"
@@ -140,5 +143,17 @@ echo "analysis files: all identical on the central"
 run curl -fsS "$api/status/$run_name" -H "X-Sync-API-Key: $api_key"; echo
 run curl -fsS "http://127.0.0.1:$http_port/admin/runs" -H "Authorization: Bearer $admin_token"; echo
 run "$evosync" --config "$cfg" audit verify
+
+say "a reader: kromosynth-evoruns' way (better-sqlite3, readonly, journal_mode WAL) as evosync-reader, rooted at the catalog"
+run ls -l "$demo/catalog/$run_name"
+printf '%s\n' \
+  "{\"op\":\"lookup\",\"run\":\"$run_name\"}" \
+  "{\"op\":\"count\",\"run\":\"$run_name\",\"db\":\"genomes.sqlite\",\"table\":\"genomes\"}" \
+  "{\"op\":\"count\",\"run\":\"$run_name\",\"db\":\"features.sqlite\",\"table\":\"features\"}" \
+  "{\"op\":\"files\",\"run\":\"$run_name\",\"dir\":\"analysisResults\"}" \
+  "{\"op\":\"write\",\"run\":\"$run_name\",\"db\":\"genomes.sqlite\"}" |
+  runuser -u evosync-reader -- node tests/reader/reader.js "$demo/catalog" | tee "$demo/reader.out"
+grep -q '"count":20200' "$demo/reader.out"   # every genome, the incremental push's too
+run "$evosync" --config "$cfg" catalog check
 echo
 echo "demo ok: $demo (audit trail: $evosync --config $cfg audit list)"

@@ -103,6 +103,11 @@ struct TunnelArgs {
 
 #[derive(Subcommand)]
 enum CatalogCommand {
+    /// List where the catalog differs from the verdicts in the store (exit 1 when it does); --repair mends it.
+    Check {
+        #[arg(long)]
+        repair: bool,
+    },
     /// Verify one replica and print the verdict as JSON (the service runs this after each push).
     #[command(hide = true)]
     Inspect { party: String, run: String, database: String },
@@ -134,6 +139,12 @@ struct InitArgs {
     /// The socket between the gates and the service [default: state_dir/gate.sock; per-party: /run/evosync/gate.sock]
     #[arg(long)]
     gate_socket: Option<PathBuf>,
+    /// Publish verified runs for readers here (one folder of symlinks per run).
+    #[arg(long)]
+    catalog_root: Option<PathBuf>,
+    /// The group of the catalog's readers (read-only).
+    #[arg(long, default_value = "evosync-readers")]
+    catalog_group: String,
 }
 
 #[derive(Subcommand)]
@@ -508,12 +519,30 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
                 }
             }
         }
+        Command::Catalog { command: CatalogCommand::Check { repair } } => {
+            let drift = admin.check_catalog(repair)?;
+            let clean = drift.is_clean();
+            let value = serde_json::json!({ "clean": clean, "repaired": repair, "publish": drift.publish,
+                "withdraw": drift.withdraw });
+            let code = show(json, &value, || {
+                let verb = if repair { "mended" } else { "differs" };
+                let mut lines: Vec<String> =
+                    drift.publish.iter().map(|run| format!("{verb}: {run} should be published")).collect();
+                lines.extend(drift.withdraw.iter().map(|run| format!("{verb}: {run} should not be published")));
+                if lines.is_empty() {
+                    "the catalog matches the verdicts".to_owned()
+                } else {
+                    lines.join("\n")
+                }
+            })?;
+            Ok(if clean || repair { code } else { ExitCode::FAILURE })
+        }
         Command::Init(_)
         | Command::Policy { .. }
         | Command::Serve
         | Command::Doctor { .. }
         | Command::Tunnel(_)
-        | Command::Catalog { .. } => {
+        | Command::Catalog { command: CatalogCommand::Inspect { .. } } => {
             unreachable!("handled before the store opens")
         }
     }
@@ -554,6 +583,8 @@ fn init_host(config_path: &Path, args: InitArgs, json: bool) -> Outcome {
         account_mode: args.account_mode,
         locks_dir: args.locks_dir,
         gate_socket: args.gate_socket,
+        catalog_root: args.catalog_root,
+        catalog_group: args.catalog_group,
     };
     let report = init(config_path, &settings, actor())?;
     show(json, &report, || {

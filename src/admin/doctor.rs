@@ -57,6 +57,8 @@ pub const CHECKS: &[Check] = &[
     policies_dir,
     replica_root,
     accounts,
+    party_separation,
+    catalog,
 ];
 
 /// Runs every check.
@@ -408,6 +410,101 @@ fn accounts(host: &Host) -> Finding {
             );
         }
         ok("accounts", format!("gate accounts present: {}", wanted.join(", ")))
+    })
+}
+
+/// Per-party-account mode: each party account in a group of its own, in no other party's group nor the state group;
+/// the service's account in every party's group.
+fn party_separation(host: &Host) -> Finding {
+    with_config(host, "party separation", |config| {
+        if config.account_mode != AccountMode::PerParty {
+            return ok("party separation", "shared-account mode: one account for every party's gate");
+        }
+        let groups_of = |account: &str| -> Option<Vec<String>> {
+            let user = nix::unistd::User::from_name(account).ok().flatten()?;
+            let name = std::ffi::CString::new(account).ok()?;
+            let gids = nix::unistd::getgrouplist(&name, user.gid).ok()?;
+            Some(
+                gids.into_iter()
+                    .filter_map(|g| nix::unistd::Group::from_gid(g).ok().flatten().map(|g| g.name))
+                    .collect(),
+            )
+        };
+        let mut problems = Vec::new();
+        let parties: Vec<String> = std::fs::read_dir(&config.policies_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.path().file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+            .collect();
+        let service = groups_of(crate::config::SHARED_ACCOUNT).unwrap_or_default();
+        for party in &parties {
+            let account = format!("evosync-{party}");
+            let Some(groups) = groups_of(&account) else { continue };
+            let foreign: Vec<&String> = groups.iter().filter(|g| **g != account).collect();
+            if !foreign.is_empty() {
+                problems.push(format!("{account} is also in {foreign:?}"));
+            }
+            if !service.contains(&account) {
+                problems.push(format!("{} is not in the group {account}", crate::config::SHARED_ACCOUNT));
+            }
+        }
+        if problems.is_empty() {
+            ok("party separation", format!("{} party accounts, each in its own group alone", parties.len()))
+        } else {
+            fail(
+                "party separation",
+                problems.join("; "),
+                "usermod --gid evosync-NAME --groups '' evosync-NAME; usermod --append --groups evosync-NAME evosync",
+            )
+        }
+    })
+}
+
+/// The catalog: its folder the service's with the readers' group, the group present, ACLs taken by the replica
+/// root's file system.
+fn catalog(host: &Host) -> Finding {
+    with_config(host, "catalog", |config| {
+        let Some(root) = &config.catalog_root else {
+            return warn(
+                "catalog",
+                "no catalog_root: pushes are verified, nothing is published for readers",
+                "evosync init --catalog-root DIR (see the README's catalog section)",
+            );
+        };
+        let group = &config.catalog_group;
+        let Some(gid) = sys::group_id(group) else {
+            return fail(
+                "catalog",
+                format!("the readers' group {group} does not exist"),
+                format!("groupadd --system {group}"),
+            );
+        };
+        let meta = match std::fs::metadata(root) {
+            Ok(meta) => meta,
+            Err(e) => return fail("catalog", format!("{}: {e}", root.display()), "evosync init --catalog-root DIR"),
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if meta.gid() != gid || mode & 0o027 != 0 {
+            return fail(
+                "catalog",
+                format!("{} has group {} and mode {mode:o}", root.display(), meta.gid()),
+                format!("chgrp {group} {0} && chmod 2750 {0}", root.display()),
+            );
+        }
+        let probe = config.replica_root.join(".evosync-acl-probe");
+        let acl_ok = std::fs::create_dir(&probe)
+            .and_then(|()| crate::catalog::publish::grant_readers(&probe, gid, false))
+            .is_ok();
+        let _ = std::fs::remove_dir(&probe);
+        if !acl_ok {
+            return fail(
+                "catalog",
+                format!("the file system of {} takes no POSIX ACL (or this account may not set one)", config.replica_root.display()),
+                "mount it with ACLs (ext4 and xfs have them by default) and run `evosync catalog check --repair` as root",
+            );
+        }
+        ok("catalog", format!("{} (group {group}, mode {mode:o}); ACLs work", root.display()))
     })
 }
 

@@ -24,6 +24,9 @@ pub struct InitSettings {
     pub locks_dir: Option<PathBuf>,
     /// The broker socket (per-party mode: where party accounts can reach it).
     pub gate_socket: Option<PathBuf>,
+    /// Where verified runs are published, and the group of their readers.
+    pub catalog_root: Option<PathBuf>,
+    pub catalog_group: String,
 }
 
 /// Per-party-account mode's defaults: party accounts cannot enter state_dir, so these live elsewhere.
@@ -44,11 +47,16 @@ impl InitSettings {
         let locks_dir = self.locks_dir.clone().or_else(|| per_party.then(|| PathBuf::from(PER_PARTY_LOCKS)));
         let gate_socket =
             self.gate_socket.clone().or_else(|| per_party.then(|| PathBuf::from(crate::broker::PER_PARTY_SOCKET)));
-        let optional =
-            [("authorized_keys", &self.authorized_keys), ("locks_dir", &locks_dir), ("gate_socket", &gate_socket)]
-                .iter()
-                .filter_map(|(key, path)| path.as_ref().map(|p| format!("{key}: {}\n", p.display())))
-                .collect::<String>();
+        let optional = [
+            ("authorized_keys", &self.authorized_keys),
+            ("locks_dir", &locks_dir),
+            ("gate_socket", &gate_socket),
+            ("catalog_root", &self.catalog_root),
+        ]
+        .iter()
+        .filter_map(|(key, path)| path.as_ref().map(|p| format!("{key}: {}\n", p.display())))
+        .chain(self.catalog_root.as_ref().map(|_| format!("catalog_group: {}\n", self.catalog_group)))
+        .collect::<String>();
         format!(
             "# evosync configuration, written by `evosync init`.\nreplica_root: {}\npolicies_dir: {}\nstate_dir: {}\n\
              sqlite3_rsync: {}\ngate: {}\nlisten: {}\naccount_mode: {}\n{}",
@@ -87,6 +95,9 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
         crate::config::AccountMode::Shared => make_folder(&config.locks_dir(), 0o2770, true)?,
         crate::config::AccountMode::PerParty => make_folder(&config.locks_dir(), 0o755, false)?,
     }
+    if let Some(catalog) = &config.catalog_root {
+        make_catalog(catalog, &config.catalog_group)?;
+    }
     if let Some(folder) = config.gate_socket().parent() {
         if !folder.exists() {
             make_folder(folder, 0o755, false)?;
@@ -114,6 +125,20 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
         schema_version: admin.store.schema_version()?,
         admin_token,
     })
+}
+
+/// The catalog's folder: the service's (it publishes), its readers' group may read it (setgid, so every run's folder
+/// is theirs too), nobody else anything.
+fn make_catalog(path: &Path, readers: &str) -> Result<()> {
+    let gid = sys::group_id(readers).ok_or_else(|| {
+        AdminError::Invalid(format!(
+            "the catalog's readers' group {readers} does not exist: groupadd --system {readers} (or --catalog-group)"
+        ))
+    })?;
+    let owner = sys::account_ids(crate::config::SHARED_ACCOUNT).map_or_else(sys::effective_ids, |(uid, _)| (uid, gid));
+    std::fs::create_dir_all(path)
+        .and_then(|()| sys::give_path(path, (owner.0, gid), 0o2750))
+        .map_err(super::io(format!("cannot create {}", path.display())))
 }
 
 fn make_folder(path: &Path, mode: u32, shared_with_gates: bool) -> Result<()> {

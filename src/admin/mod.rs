@@ -125,6 +125,8 @@ pub struct RunView {
     pub run: String,
     pub party: String,
     pub replicas: Vec<ReplicaView>,
+    /// In the catalog now.
+    pub published: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,6 +134,8 @@ pub struct ReplicaView {
     pub database: String,
     pub bytes: Option<u64>,
     pub last_push: Option<LedgerRow>,
+    /// The last check of what was pushed.
+    pub verification: Option<crate::catalog::VerificationView>,
 }
 
 pub struct Admin<'a> {
@@ -181,6 +185,11 @@ impl<'a> Admin<'a> {
         Ok(())
     }
 
+    /// Records an action carried out elsewhere on the administrator's behalf (a re-verification, say).
+    pub fn record(&self, action: &str, party: &str, subject: &str, detail: &str) -> Result<()> {
+        self.audit(action, party, subject, detail)
+    }
+
     // ---- parties ----
 
     /// Registers a party, writes its policy from the template unless one exists, and creates its tree.
@@ -210,23 +219,70 @@ impl<'a> Admin<'a> {
     /// Shared-account mode: the tree is the shared account's.
     fn separate_party(&self, name: &str, root: &Path, policy: &Path) -> Result<()> {
         let owner = self.config.tree_owner(name);
-        if self.config.account_mode != crate::config::AccountMode::PerParty {
+        let per_party = self.config.account_mode == crate::config::AccountMode::PerParty;
+        let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
+        if !per_party {
             sys::chown_to_account(root, &owner);
+            // Nobody but the shared account (and the catalog's readers, below) reads the tree.
+            std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o2750))
+                .map_err(failed(root))?;
+        } else {
+            let Some(ids) = sys::account_ids(&owner) else {
+                return Err(AdminError::Invalid(format!(
+                    "per-party-account mode needs the account {owner} (see sshd/evosync-per-party-accounts.conf): \
+                     groupadd {owner}; useradd --gid {owner} --shell /bin/sh {owner}; usermod -aG {owner} evosync"
+                )));
+            };
+            let locks = self.config.locks_dir().join(name);
+            std::fs::create_dir_all(&locks).map_err(io(format!("creating {}", locks.display())))?;
+            sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
+            // The service (a member of the party's group) takes a replica's lock to re-verify it.
+            sys::give_path(&locks, ids, 0o2770).map_err(failed(&locks))?;
+            // Readable by the party's gate and the service (a member of the party's group), by no other party.
+            sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
+        }
+        self.grant_readers(root)
+    }
+
+    /// With a catalog, its readers' group may read the party's tree (and what will be made in it), nothing else.
+    fn grant_readers(&self, root: &Path) -> Result<()> {
+        if self.config.catalog_root.is_none() {
             return Ok(());
         }
-        let Some(ids) = sys::account_ids(&owner) else {
-            return Err(AdminError::Invalid(format!(
-                "per-party-account mode needs the account {owner} (see sshd/evosync-per-party-accounts.conf):                  groupadd {owner}; useradd --gid {owner} --shell /bin/sh {owner}; usermod -aG {owner} evosync"
-            )));
-        };
-        let locks = self.config.locks_dir().join(name);
-        std::fs::create_dir_all(&locks).map_err(io(format!("creating {}", locks.display())))?;
-        let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
-        sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
-        sys::give_path(&locks, ids, 0o700).map_err(failed(&locks))?;
-        // Readable by the party's gate and the service (a member of the party's group), by no other party.
-        sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
-        Ok(())
+        let group = &self.config.catalog_group;
+        let gid = sys::group_id(group).ok_or_else(|| {
+            AdminError::Invalid(format!(
+                "the catalog's readers' group {group} does not exist: groupadd --system {group}"
+            ))
+        })?;
+        let group_writes = self.config.account_mode == crate::config::AccountMode::PerParty;
+        crate::catalog::publish::grant_readers(root, gid, group_writes)
+            .map_err(io(format!("giving the group {group} read access to {}", root.display())))
+    }
+
+    /// The catalog against the verdicts in the store: what differs, mended with `repair` (which also gives the
+    /// readers' group read access to every party tree again).
+    pub fn check_catalog(&self, repair: bool) -> Result<crate::catalog::reconcile::Drift> {
+        let root = self.config.catalog_root.as_ref().ok_or_else(|| {
+            AdminError::Invalid("the configuration names no catalog_root (evosync init --catalog-root DIR)".into())
+        })?;
+        let catalog =
+            crate::catalog::publish::Catalog::open(root).map_err(io(format!("opening {}", root.display())))?;
+        let expected = crate::catalog::reconcile::expected(&self.store, self.config, now(), None)?;
+        let drift = crate::catalog::reconcile::reconcile(&catalog, &expected, repair, None)
+            .map_err(io(format!("mending {}", root.display())))?;
+        if repair {
+            for party in self.store.parties()? {
+                self.grant_readers(&self.config.replica_root.join(&party.name))?;
+            }
+            self.audit(
+                "catalog.repair",
+                "",
+                "",
+                &format!("{} published, {} withdrawn", drift.publish.len(), drift.withdraw.len()),
+            )?;
+        }
+        Ok(drift)
     }
 
     pub fn parties(&self) -> Result<Vec<Party>> {
@@ -378,6 +434,7 @@ impl<'a> Admin<'a> {
         let mut views = Vec::new();
         for run in self.store.runs(None)? {
             let pushes = self.store.last_syncs(&run.party, &run.name)?;
+            let verdicts = self.store.verifications(Some(&run.name))?;
             let folder = self.config.replica_root.join(&run.party).join(&run.name);
             let policy = crate::policy::Policy::load(&self.config.policy_path(&run.party), &run.party).ok();
             let databases: Vec<String> = match policy {
@@ -392,10 +449,12 @@ impl<'a> Admin<'a> {
                         .filter(|m| m.is_file())
                         .map(|m| m.len()),
                     last_push: pushes.iter().find(|p| p.database == database).cloned(),
+                    verification: verdicts.iter().find(|v| v.database == database).map(Into::into),
                     database,
                 })
                 .collect();
-            views.push(RunView { run: run.name, party: run.party, replicas });
+            let published = crate::catalog::is_published(self.config, &run.name);
+            views.push(RunView { run: run.name, party: run.party, replicas, published });
         }
         Ok(views)
     }

@@ -73,6 +73,22 @@ impl Catalog {
         Ok(true)
     }
 
+    /// One published run's links; `None` when it is not published.
+    pub fn published_run(&self, run: &str) -> std::io::Result<Option<Links>> {
+        match sys::stat_in(&self.root, run)? {
+            Some(stat) if sys::is_dir(&stat) => {
+                let folder = sys::open_dir_beneath(&self.root, run)?;
+                Ok(Some(
+                    sys::list_dir(&folder)?
+                        .into_iter()
+                        .filter_map(|(link, _)| sys::read_link_in(&folder, &link).map(|target| (link, target)))
+                        .collect(),
+                ))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Every published run with its links (hidden leftovers of an interrupted swap are removed on the way).
     pub fn published(&self) -> std::io::Result<BTreeMap<String, Links>> {
         let mut runs = BTreeMap::new();

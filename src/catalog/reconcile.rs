@@ -43,12 +43,14 @@ pub fn decide(databases: &[String], verdicts: &[&Verification], now: i64, partia
 }
 
 /// What should be published: for each run with verdicts, its decision and the links it should hold.
+/// (With `only`, for that run alone.)
 pub fn expected(
     store: &Store,
     config: &Config,
     now: i64,
+    only: Option<&str>,
 ) -> crate::store::Result<BTreeMap<String, (Publication, Links)>> {
-    let verdicts = store.verifications(None)?;
+    let verdicts = store.verifications(only)?;
     let mut by_run: BTreeMap<&str, Vec<&Verification>> = BTreeMap::new();
     for verdict in &verdicts {
         by_run.entry(&verdict.run).or_default().push(verdict);
@@ -107,12 +109,19 @@ impl Drift {
 }
 
 /// Compares the catalog with what should be; with `repair`, makes it so. Returns what differed.
+/// (With `only`, looks at that run alone.)
 pub fn reconcile(
     catalog: &Catalog,
     expected: &BTreeMap<String, (Publication, Links)>,
     repair: bool,
+    only: Option<&str>,
 ) -> std::io::Result<Drift> {
-    let published = catalog.published()?;
+    let published = match only {
+        Some(run) => {
+            catalog.published_run(run)?.map(|links| BTreeMap::from([(run.to_owned(), links)])).unwrap_or_default()
+        }
+        None => catalog.published()?,
+    };
     let mut drift = Drift { publish: Vec::new(), withdraw: Vec::new() };
     for (run, (decision, links)) in expected {
         match decision {

@@ -157,7 +157,8 @@ fn describe(name: &str, declared_type: &str, primary_key: bool) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     pub time: Duration,
-    /// SQLite's hard heap limit for the inspecting process.
+    /// SQLite's hard heap limit. It holds for the whole process, which is why inspections run in a process of their
+    /// own (`inspect.rs`).
     pub heap_bytes: u64,
 }
 

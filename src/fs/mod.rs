@@ -4,6 +4,7 @@
 
 pub mod confine;
 pub mod landing;
+pub mod locks;
 pub mod sandbox;
 #[allow(unsafe_code)] // the one module that may: each block has its SAFETY note
 pub mod sys;

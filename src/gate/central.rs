@@ -14,11 +14,10 @@ use crate::access::{self, ClaimError, Headroom, KeyState, OverQuota, RunOwner, U
 use crate::broker::{self, Answer, KeyRefusal, Owner, PushRecord, QuotaRefusal, Request};
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, PartyTree};
-use crate::fs::sys;
+use crate::fs::locks;
 use crate::policy::Limits;
 use crate::store::{AuditEntry, LedgerRow, Store};
 use std::cell::RefCell;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -40,19 +39,21 @@ pub enum Central {
 /// A connection to the service's broker socket.
 pub struct Broker {
     stream: RefCell<BufReader<UnixStream>>,
+    /// The verification's budget, which the answer to a push's end may take.
+    verify_seconds: u64,
 }
 
 /// Room granted for a push: the child's RLIMIT_FSIZE, held until dropped.
 pub struct Grant {
     pub fsize_limit: u64,
     /// Standalone only: the party's quota lock, held for the whole push.
-    _quota_lock: Option<nix::fcntl::Flock<File>>,
+    _quota_lock: Option<locks::Held>,
 }
 
 impl Central {
     /// The service when it answers on `gate_socket`, else the store when this account can open it, else nothing.
     pub fn connect(config: &Config) -> Central {
-        if let Ok(broker) = Broker::connect(&config.gate_socket()) {
+        if let Ok(broker) = Broker::connect(&config.gate_socket(), config.verify.seconds) {
             return Central::Service(broker);
         }
         let store_path = config.store_path();
@@ -232,7 +233,9 @@ impl Central {
                     replica_bytes: row.replica_bytes,
                     transport: row.transport,
                 };
-                expect_done(broker.ask(&Request::Finish { ledger })?)
+                // The service checks the replica before it answers: as long as the check's own budget, and then some.
+                let wait = Duration::from_secs(broker.verify_seconds.saturating_add(60));
+                expect_done(broker.ask_within(&Request::Finish { ledger }, wait)?)
             }
             Central::Store(store) => store.record_sync(row).map(drop).map_err(|e| e.to_string()),
             Central::Unreachable(why) => Err(why.clone()),
@@ -257,35 +260,32 @@ fn over_quota(party: &str, why: QuotaRefusal, used: u64, max: u64) -> Refusal {
 }
 
 /// The party's quota lock (standalone pushes), waited for up to `wait_seconds`.
-fn quota_lock(locks_dir: &Path, party: &str, wait_seconds: u64) -> Result<nix::fcntl::Flock<File>, Refusal> {
-    let path = locks_dir.join(party).join("quota.lock");
-    let failed =
-        |e: std::io::Error| Refusal::with_detail(RefusalCode::LocksUnavailable, format!("{}: {e}", path.display()));
-    std::fs::create_dir_all(locks_dir.join(party)).map_err(failed)?;
+fn quota_lock(locks_dir: &Path, party: &str, wait_seconds: u64) -> Result<locks::Held, Refusal> {
+    let failed = |e: locks::LockFileError| Refusal::with_detail(RefusalCode::LocksUnavailable, e);
+    let path = locks::party_dir(locks_dir, party).map_err(failed)?.join("quota.lock");
     let deadline = std::time::Instant::now() + Duration::from_secs(wait_seconds);
-    loop {
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(failed)?;
-        if let Some(lock) = sys::try_lock_exclusive(file).map_err(failed)? {
-            return Ok(lock);
-        }
-        if std::time::Instant::now() >= deadline {
-            return Err(RefusalCode::QuotaBusy { party: party.to_owned(), waited: wait_seconds }.into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    locks::first_free(&[path], deadline)
+        .map_err(failed)?
+        .ok_or_else(|| RefusalCode::QuotaBusy { party: party.to_owned(), waited: wait_seconds }.into())
 }
 
 impl Broker {
-    fn connect(path: &Path) -> std::io::Result<Broker> {
+    fn connect(path: &Path, verify_seconds: u64) -> std::io::Result<Broker> {
         let stream = UnixStream::connect(path)?;
         stream.set_read_timeout(Some(ANSWER_WAIT))?;
         stream.set_write_timeout(Some(ANSWER_WAIT))?;
-        Ok(Broker { stream: RefCell::new(BufReader::new(stream)) })
+        Ok(Broker { stream: RefCell::new(BufReader::new(stream)), verify_seconds })
     }
 
     /// One question, one answer.
     fn ask(&self, request: &Request) -> Result<Answer, String> {
+        self.ask_within(request, ANSWER_WAIT)
+    }
+
+    /// One question, one answer within `wait`.
+    fn ask_within(&self, request: &Request, wait: Duration) -> Result<Answer, String> {
         let mut stream = self.stream.borrow_mut();
+        stream.get_ref().set_read_timeout(Some(wait)).map_err(|e| format!("the service's socket: {e}"))?;
         stream.get_mut().write_all(&broker::encode(request)).map_err(|e| format!("the service's socket: {e}"))?;
         let mut line = Vec::new();
         stream

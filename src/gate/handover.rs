@@ -4,10 +4,10 @@
 //! proved, under its file size, memory, Landlock and seccomp limits.
 
 use super::memory::ChildMemory;
+use crate::fs::locks;
 use crate::fs::sandbox::Sandbox;
 use crate::fs::sys::{self, ChildState, Signal};
 use std::ffi::OsString;
-use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 /// After the wall clock runs out: SIGTERM, then this long before SIGKILL.
 const KILL_GRACE_SECONDS: u32 = 5;
-const LOCK_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
@@ -35,8 +34,8 @@ pub enum HandoverError {
 
 /// Held for the whole sync: one push per replica, at most `max_concurrent_syncs` per party.
 pub struct Locks {
-    _replica: nix::fcntl::Flock<File>,
-    _slot: nix::fcntl::Flock<File>,
+    _replica: locks::Held,
+    _slot: locks::Held,
 }
 
 impl Locks {
@@ -48,51 +47,18 @@ impl Locks {
         max_slots: u32,
         wait: Duration,
     ) -> Result<Locks, HandoverError> {
-        let party_dir = locks_dir.join(party);
-        std::fs::create_dir_all(&party_dir)
-            .map_err(|source| HandoverError::LockFile { path: party_dir.clone(), source })?;
+        let file_error = |e: locks::LockFileError| HandoverError::LockFile { path: e.path, source: e.source };
+        let party_dir = locks::party_dir(locks_dir, party).map_err(file_error)?;
         let deadline = Instant::now() + wait;
-        // Named by a digest: any run name the door lets in makes a lock file name of a fixed, short length.
-        let replica_path = party_dir.join(replica_lock_name(run, database));
-        let replica = poll_lock(&[replica_path], deadline)?
+        let replica_path = party_dir.join(locks::replica_lock_name(run, database));
+        let replica = locks::first_free(&[replica_path], deadline)
+            .map_err(file_error)?
             .ok_or_else(|| HandoverError::ReplicaBusy { what: format!("{run}/{database}"), waited: wait.as_secs() })?;
         let slots: Vec<PathBuf> = (0..max_slots).map(|n| party_dir.join(format!("slot-{n}.lock"))).collect();
-        let slot = poll_lock(&slots, deadline)?.ok_or_else(|| HandoverError::PartyBusy {
-            party: party.to_owned(),
-            max: max_slots,
-            waited: wait.as_secs(),
+        let slot = locks::first_free(&slots, deadline).map_err(file_error)?.ok_or_else(|| {
+            HandoverError::PartyBusy { party: party.to_owned(), max: max_slots, waited: wait.as_secs() }
         })?;
         Ok(Locks { _replica: replica, _slot: slot })
-    }
-}
-
-/// `replica-<32 hex>.lock`: SHA-256 of `RUN/DATABASE`, cut to 128 bits.
-pub fn replica_lock_name(run: &str, database: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{run}/{database}").as_bytes());
-    format!("replica-{}.lock", crate::time::hex(&digest[..16]))
-}
-
-/// Takes the first free lock among `paths`, polling until `deadline`.
-fn poll_lock(paths: &[PathBuf], deadline: Instant) -> Result<Option<nix::fcntl::Flock<File>>, HandoverError> {
-    loop {
-        for path in paths {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(path)
-                .map_err(|source| HandoverError::LockFile { path: path.clone(), source })?;
-            if let Some(lock) = sys::try_lock_exclusive(file)
-                .map_err(|source| HandoverError::LockFile { path: path.clone(), source })?
-            {
-                return Ok(Some(lock));
-            }
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(LOCK_POLL);
     }
 }
 

@@ -180,3 +180,20 @@ pub async fn audit(admin: AdminCaller, State(state): State<Shared>, Query(query)
 pub async fn runs(admin: AdminCaller, State(state): State<Shared>) -> Answer {
     ok(with_admin(&admin, &state, |a| a.runs()).await?)
 }
+
+/// Checks a run's replicas again, each under its replica's lock, and publishes or withdraws the run.
+#[utoipa::path(post, path = "/admin/runs/{run}/verify", params(("run" = String, Path)), responses((status = 200, description = "each replica's verdict"), (status = 401), (status = 404)), security(("admin_token" = [])))]
+pub async fn reverify_run(admin: AdminCaller, State(state): State<Shared>, UrlPath(run): UrlPath<String>) -> Answer {
+    let name = run.clone();
+    let party = with_admin(&admin, &state, move |a| {
+        let found = a.store.run(&name)?.ok_or_else(|| AdminError::NotFound(format!("there is no run '{name}'")))?;
+        a.record("run.verify", &found.party, &name, "")?;
+        Ok(found.party)
+    })
+    .await?;
+    let verdicts = super::catalog::reverify(&state, &party, &run).await?;
+    let published = crate::catalog::is_published(&state.config, &run);
+    ok(serde_json::json!({ "run": run, "party": party, "published": published,
+        "verdicts": verdicts.into_iter().map(|(database, v)| serde_json::json!({ "database": database, "ok": v.ok,
+            "seconds": v.seconds, "reason": v.reason })).collect::<Vec<_>>() }))
+}

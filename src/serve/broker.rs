@@ -6,7 +6,7 @@
 
 use super::state::{blocking, Shared};
 use crate::access::{self, ClaimError, KeyState, OverQuota, Reserved, RunOwner};
-use crate::broker::{self, Answer, KeyRefusal, Owner, Peer, QuotaRefusal, Request};
+use crate::broker::{self, Answer, KeyRefusal, Owner, Peer, PushRecord, QuotaRefusal, Request};
 use crate::fs::confine::PartyTree;
 use crate::fs::sys;
 use crate::log::{Line, SERVE};
@@ -104,6 +104,9 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
             return Answer::Forbidden;
         }
     }
+    if let Request::Finish { ledger } = request {
+        return finish(state, ledger, held).await;
+    }
     let trusted = broker::trusted(peer, service_uid);
     let caller = peer.account.clone();
     let result = blocking(state, move |state, store| {
@@ -175,21 +178,7 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
             Request::Transport { client, server } => {
                 (super::tunnel::transport_answer(state, trusted, caller.as_deref(), client, server), None)
             }
-            Request::Finish { ledger } => {
-                let row = LedgerRow {
-                    party: ledger.party,
-                    key_id: ledger.key_id,
-                    run: ledger.run,
-                    database: ledger.database,
-                    started_at: ledger.started_at,
-                    seconds: ledger.seconds,
-                    exit: ledger.exit,
-                    replica_bytes: ledger.replica_bytes,
-                    transport: ledger.transport,
-                };
-                store.record_sync(&row)?;
-                (Answer::Done, Some(Reserved::none(&row.party)))
-            }
+            Request::Finish { .. } => unreachable!("a push's end is answered before"),
         })
     })
     .await;
@@ -198,20 +187,39 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
             held.push(reserved);
             Answer::Granted { fsize_limit }
         }
-        Ok((Answer::Done, Some(finished))) => {
-            // The push has ended: its room comes back, and only a walk knows what it added.
-            let party = finished.party;
-            held.retain(|reserved| {
-                let mine = reserved.party == party;
-                if mine {
-                    state.quota.settle(reserved, Default::default(), Default::default());
-                }
-                !mine
-            });
-            state.quota.stale(&party);
-            Answer::Done
-        }
         Ok((answer, _)) => answer,
         Err(error) => Answer::Failed { error: error.to_string() },
     }
+}
+
+/// A push has ended: its ledger row, its room back, then its replica checked and its run published or withdrawn,
+/// all before the gate, which waits for this answer, lets the next push of the replica in.
+async fn finish(state: &Shared, ledger: PushRecord, held: &mut Vec<Reserved>) -> Answer {
+    let row = LedgerRow {
+        party: ledger.party,
+        key_id: ledger.key_id,
+        run: ledger.run,
+        database: ledger.database,
+        started_at: ledger.started_at,
+        seconds: ledger.seconds,
+        exit: ledger.exit,
+        replica_bytes: ledger.replica_bytes,
+        transport: ledger.transport,
+    };
+    let (party, run, database) = (row.party.clone(), row.run.clone(), row.database.clone());
+    let id = match blocking(state, move |_, store| Ok(store.record_sync(&row)?)).await {
+        Ok(id) => id,
+        Err(error) => return Answer::Failed { error: error.to_string() },
+    };
+    // The push's room comes back; only a walk knows what it added.
+    held.retain(|reserved| {
+        let mine = reserved.party == party;
+        if mine {
+            state.quota.settle(reserved, Default::default(), Default::default());
+        }
+        !mine
+    });
+    state.quota.stale(&party);
+    super::catalog::after_push(state, &party, &run, &database, Some(id)).await;
+    Answer::Done
 }

@@ -15,6 +15,8 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<String, u64>>,
+    /// Counters of seconds (what verifications took, say).
+    seconds: Mutex<BTreeMap<String, f64>>,
 }
 
 impl Metrics {
@@ -29,11 +31,23 @@ impl Metrics {
         }
     }
 
+    /// Adds `seconds` to a counter of seconds.
+    pub fn add_seconds(&self, name_and_labels: &str, seconds: f64) {
+        if let Ok(mut counters) = self.seconds.lock() {
+            *counters.entry(name_and_labels.to_owned()).or_default() += seconds;
+        }
+    }
+
     fn render(&self, pushes: &[(String, u64)]) -> String {
         let mut out = String::new();
         let counters = self.counters.lock().map(|c| c.clone()).unwrap_or_default();
+        let seconds = self.seconds.lock().map(|c| c.clone()).unwrap_or_default();
         let mut declared = BTreeSet::new();
-        for (key, value) in &counters {
+        let lines = counters
+            .iter()
+            .map(|(key, value)| (key, value.to_string()))
+            .chain(seconds.iter().map(|(key, value)| (key, format!("{value:.6}"))));
+        for (key, value) in lines {
             let name = key.split('{').next().unwrap_or(key);
             if declared.insert(name.to_owned()) {
                 let _ = writeln!(out, "# TYPE {name} counter");

@@ -9,6 +9,7 @@ pub mod admin_api;
 pub mod auth;
 pub mod body;
 pub mod broker;
+pub mod catalog;
 pub mod error;
 pub mod events;
 pub mod listen;
@@ -51,6 +52,8 @@ pub enum ServeError {
          network of its own stands in front"
     )]
     PlainHttp(String),
+    #[error("the catalog_root {path} cannot be opened: {source} (evosync init --catalog-root makes it)")]
+    Catalog { path: String, source: std::io::Error },
 }
 
 /// Every route of the service. With `metrics_listen` set, `/metrics` is left out here (404) and served by
@@ -69,6 +72,7 @@ pub fn router(state: Shared) -> Router {
         .route("/admin/authorized-keys/check", get(admin_api::check_authorized_keys))
         .route("/admin/audit", get(admin_api::audit))
         .route("/admin/runs", get(admin_api::runs))
+        .route("/admin/runs/{run}/verify", post(admin_api::reverify_run))
         .route("/admin/events", get(events::events));
     let workers = Router::new()
         .route("/api/sync/register/{run}", post(sync_api::register))
@@ -111,8 +115,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
-    // Fail early, before binding, when the store cannot be opened or the certificate cannot be used.
+    // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
+    catalog::open(&config).map_err(|source| ServeError::Catalog {
+        path: config.catalog_root.clone().unwrap_or_default().display().to_string(),
+        source,
+    })?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls::Reloadable::load(cert, key)?)),
         _ => None,
@@ -136,6 +144,7 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         let state = AppState::new(config, config_path);
         tokio::spawn(events::follow_ledger(state.clone()));
         tokio::spawn(broker::serve(state.clone(), gates));
+        tokio::spawn(catalog::follow(state.clone()));
         tokio::spawn(tls::reload_on_hangup(tls.clone()));
         let acceptor = tls.as_ref().map(tls::Reloadable::acceptor);
         let api = Listener { name: "api", tcp: api, router: router(state.clone()), max_connections, tls: acceptor };

@@ -7,6 +7,7 @@ use super::metrics::Metrics;
 use super::records::Records;
 use super::upload::Uploads;
 use crate::access::Reservations;
+use crate::catalog::publish::Catalog;
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, ReplicaRoot};
 use crate::store::{Store, StoreError};
@@ -66,6 +67,10 @@ pub struct AppState {
     pub quota: Reservations,
     /// The SSH tunnels open now (`tunnel`): how many per party, and whose each sshd connection is.
     pub tunnels: super::tunnel::Tunnels,
+    /// The published catalog, when the configuration names one (`catalog_root`).
+    pub catalog: Option<Catalog>,
+    /// One change to the catalog at a time.
+    pub catalog_changes: std::sync::Mutex<()>,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
 }
@@ -75,6 +80,7 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn new(config: Config, config_path: PathBuf) -> Shared {
         let store_path = config.store_path();
+        let catalog = super::catalog::open(&config).ok().flatten();
         Arc::new(AppState {
             pool: StorePool::new(store_path.clone()),
             records: Records::start(store_path),
@@ -86,6 +92,8 @@ impl AppState {
             uploads: Uploads::default(),
             quota: Reservations::default(),
             tunnels: Default::default(),
+            catalog,
+            catalog_changes: std::sync::Mutex::new(()),
             replica_root: OnceLock::new(),
         })
     }

@@ -271,6 +271,7 @@ pub async fn status(
         let (_, folder) = open_run(state, store, &caller, &run, false)?;
         state.records.settle(); // counts include every upload answered before this request
         let pushes = store.last_syncs(&caller.party, &run)?;
+        let verdicts = store.verifications(Some(&run))?;
         let replicas: Vec<_> = caller
             .policy
             .databases
@@ -282,6 +283,8 @@ pub async fn status(
                     "last_push": pushes.iter().find(|p| &p.database == database).map(|p| serde_json::json!({
                         "at": rfc3339(p.started_at), "seconds": p.seconds, "exit": p.exit,
                         "ok": p.exit == "0", "replica_bytes": p.replica_bytes })),
+                    "verification": verdicts.iter().find(|v| &v.database == database)
+                        .map(crate::catalog::VerificationView::from),
                 })
             })
             .collect();
@@ -293,7 +296,9 @@ pub async fn status(
             })
             .collect();
         let registered = store.run(&run)?;
-        Ok(serde_json::json!({ "run": run, "party": caller.party, "replicas": replicas, "analysis": analysis,
+        let published = crate::catalog::is_published(&state.config, &run);
+        Ok(serde_json::json!({ "run": run, "party": caller.party, "published": published, "replicas": replicas,
+            "analysis": analysis,
             "template_name": registered.as_ref().and_then(|r| r.template_name.clone()),
             "ecosystem_variant": registered.as_ref().and_then(|r| r.ecosystem_variant.clone()),
             "started_at": registered.and_then(|r| r.started_at) }))

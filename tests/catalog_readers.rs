@@ -1,0 +1,426 @@
+//! The central reads what was synced (issue 10), with a real reader: better-sqlite3 from npm, opening databases the
+//! way kromosynth-evoruns does (`readonly: true`, then `pragma journal_mode = WAL`, connections kept open across
+//! pushes), run as `evosync-reader`, an account only in the catalog's group. Real sshd, the stock sqlite3_rsync, a
+//! running `evosync serve` that verifies every push and publishes what passes.
+
+mod common;
+
+use common::{evosync_json, http, Service, Sshd};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GATE: &str = env!("CARGO_BIN_EXE_evosync-gate");
+const READER_ACCOUNT: &str = "evosync-reader";
+
+struct Central {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    sshd: Sshd,
+    service: Service,
+    keys: Vec<(String, PathBuf)>,
+    api_key: String,
+    admin_token: String,
+}
+
+impl Central {
+    fn start(name: &str, extra_config: &str) -> Central {
+        common::require_account(READER_ACCOUNT);
+        let dir = common::test_dir(name);
+        let root = dir.path().to_owned();
+        let config = root.join("evosync.yaml");
+        let port = common::free_loopback_port();
+        let sshd = Sshd::start("");
+        let listen = format!("127.0.0.1:{port}");
+        let path = |p: &str| root.join(p).display().to_string();
+        let rsync = common::sqlite3_rsync_path().display().to_string();
+        let args = [
+            "init",
+            "--replica-root",
+            &path("replicas"),
+            "--policies-dir",
+            &path("policies"),
+            "--state-dir",
+            &path("state"),
+            "--sqlite3-rsync",
+            &rsync,
+            "--gate",
+            GATE,
+            "--listen",
+            &listen,
+            "--catalog-root",
+            &path("catalog"),
+        ];
+        let (ok, init, said) = evosync_json(&config, &args);
+        assert!(ok, "evosync init: {said}");
+        let admin_token = init["admin_token"].as_str().unwrap().to_owned();
+        if !extra_config.is_empty() {
+            let text = std::fs::read_to_string(&config).unwrap();
+            std::fs::write(&config, format!("{text}{extra_config}")).unwrap();
+        }
+        let mut keys = Vec::new();
+        let mut lines = String::new();
+        for party in ["acme", "beta"] {
+            let (ok, _, said) = evosync_json(&config, &["party", "add", party]);
+            assert!(ok, "party add {party}: {said}");
+            std::fs::write(
+                root.join(format!("policies/{party}.yaml")),
+                format!("party: {party}\npush: true\ncreate_runs: true\npath_prefixes: [/data/evorun-sync]\n"),
+            )
+            .unwrap();
+            let (key, public) = sshd.new_client_key(party);
+            lines.push_str(&format!(
+                "command=\"{GATE} --config {} --party {party}\",restrict {public}\n",
+                config.display()
+            ));
+            keys.push((party.to_owned(), key));
+        }
+        sshd.set_authorized_keys("evosync", &lines);
+        let (ok, issued, said) = evosync_json(&config, &["api-key", "issue", "acme"]);
+        assert!(ok, "{said}");
+        let api_key = issued["api_key"].as_str().unwrap().to_owned();
+        let service = Service::start(&config, port);
+        Central { dir, config, sshd, service, keys, api_key, admin_token }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn push(&self, party: &str, origin: &Path, run: &str, database: &str) -> Output {
+        let key = &self.keys.iter().find(|(p, _)| p == party).unwrap().1;
+        self.sshd.sqlite3_rsync(key, origin, "evosync", &format!("/data/evorun-sync/{run}/{database}"), &[])
+    }
+
+    fn push_ok(&self, party: &str, origin: &Path, run: &str, database: &str) {
+        let output = self.push(party, origin, run, database);
+        assert!(output.status.success(), "push of {run}/{database}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// What the service logged and the verdicts it recorded, for a failing assertion's message.
+    fn diagnostics(&self) -> String {
+        let store = rusqlite::Connection::open(self.root().join("state/state.db")).unwrap();
+        let verdicts: Vec<String> = store
+            .prepare("SELECT run, database, ok, reason FROM verifications")
+            .unwrap()
+            .query_map([], |r| {
+                Ok(format!(
+                    "{}/{} ok={} {:?}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<String>>(3)?
+                ))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        format!("verdicts: {verdicts:?}\nservice log:\n{}", self.service.log())
+    }
+
+    fn published(&self, run: &str) -> bool {
+        self.root().join("catalog").join(run).is_dir()
+    }
+
+    /// The last verdict the service recorded on a replica: (ok, reason).
+    fn verdict(&self, run: &str, database: &str) -> Option<(bool, Option<String>)> {
+        let store = rusqlite::Connection::open(self.root().join("state/state.db")).unwrap();
+        store
+            .query_row("SELECT ok, reason FROM verifications WHERE run = ?1 AND database = ?2", [run, database], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .ok()
+    }
+
+    fn admin(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let bearer = format!("Bearer {}", self.admin_token);
+        let (status, _, body) = http(self.service.port, method, path, &[("Authorization", &bearer)], b"");
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    fn status(&self, run: &str) -> serde_json::Value {
+        let (_, _, body) = http(
+            self.service.port,
+            "GET",
+            &format!("/api/sync/status/{run}"),
+            &[("X-Sync-API-Key", &self.api_key)],
+            b"",
+        );
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
+/// A worker's database, written by Python's sqlite3 and gzip as the workers write theirs: `TABLE(id TEXT PRIMARY
+/// KEY, data BLOB)` holding gzip(level 9) of JSON, and `metadata(key, value)`, in WAL mode. `extra` is more SQL.
+fn worker_db(path: &Path, table: &str, ids: std::ops::Range<u32>, extra: &str) {
+    let script = format!(
+        r#"
+import sqlite3, gzip, json, sys
+db = sqlite3.connect({path:?})
+db.execute("PRAGMA journal_mode = WAL")
+db.execute("CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, data BLOB)")
+db.execute("CREATE TABLE IF NOT EXISTS metadata (key TEXT PRIMARY KEY, value TEXT)")
+db.execute("INSERT OR REPLACE INTO metadata VALUES ('creationDate', '2026-11-26T00:00:00Z')")
+for n in range({start}, {end}):
+    genome = {{"_id": "genome_run_%026d" % n, "genome": {{"n": n, "waveform": [n % 7, n % 11, n % 13]}}}}
+    db.execute("INSERT OR REPLACE INTO {table} VALUES (?, ?)", ("%026d" % n, gzip.compress(json.dumps(genome).encode(), 9)))
+db.executescript({extra:?})
+db.commit()
+db.close()
+"#,
+        path = path.display().to_string(),
+        start = ids.start,
+        end = ids.end,
+    );
+    let output = Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// The reader process, as `evosync-reader`, rooted at the catalog.
+struct Reader {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Reader {
+    fn start(catalog: &Path) -> Reader {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reader/reader.js");
+        assert!(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reader/node_modules/better-sqlite3").exists(),
+            "tests/reader/node_modules is missing: run scripts/setup-test-env.sh (it runs npm ci there)"
+        );
+        let mut child = Command::new("runuser")
+            .args(["-u", READER_ACCOUNT, "--", "node"])
+            .arg(&script)
+            .arg(catalog)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Reader { child, input, output }
+    }
+
+    /// One request; its answer and how long it took.
+    fn ask(&mut self, request: serde_json::Value) -> (serde_json::Value, Duration) {
+        let started = Instant::now();
+        writeln!(self.input, "{request}").unwrap();
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        (serde_json::from_str(&line).unwrap_or_else(|_| panic!("the reader said {line:?}")), started.elapsed())
+    }
+
+    fn count(&mut self, run: &str, database: &str, table: &str) -> serde_json::Value {
+        self.ask(serde_json::json!({ "op": "count", "run": run, "db": database, "table": table })).0
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RUN_A: &str = "01KFYA32R09C5KJYNH1SM2W1DR_acme-run";
+const RUN_B: &str = "01KFYA32R09C5KJYNH1SM2W1DS_beta-run";
+const LATE: &str = "01KFYA32R09C5KJYNH1SM2W1DT_late-features";
+
+#[test]
+fn a_reader_in_the_catalog_group_reads_every_partys_verified_runs_and_sees_each_push() {
+    let central = Central::start("catalog-read", "");
+    let work = central.root().join("worker");
+    std::fs::create_dir_all(&work).unwrap();
+    let (genomes_a, features_a) = (work.join("a-genomes.sqlite"), work.join("a-features.sqlite"));
+    worker_db(&genomes_a, "genomes", 0..300, "");
+    worker_db(&features_a, "features", 0..300, "");
+    central.push_ok("acme", &genomes_a, RUN_A, "genomes.sqlite");
+    assert!(!central.published(RUN_A), "half a run is not published");
+    central.push_ok("acme", &features_a, RUN_A, "features.sqlite");
+    assert!(central.published(RUN_A), "both databases verified: published\n{}", central.diagnostics());
+    let genomes_b = work.join("b-genomes.sqlite");
+    let features_b = work.join("b-features.sqlite");
+    worker_db(&genomes_b, "genomes", 1000..1100, "");
+    worker_db(&features_b, "features", 1000..1100, "");
+    central.push_ok("beta", &genomes_b, RUN_B, "genomes.sqlite");
+    central.push_ok("beta", &features_b, RUN_B, "features.sqlite");
+
+    let mut reader = Reader::start(&central.root().join("catalog"));
+    assert_eq!(reader.count(RUN_A, "genomes.sqlite", "genomes")["count"], 300);
+    assert_eq!(reader.count(RUN_B, "features.sqlite", "features")["count"], 100);
+    let (genome, _) = reader.ask(serde_json::json!({ "op": "genome", "run": RUN_A, "id": format!("{:026}", 42) }));
+    assert_eq!(
+        genome["json"],
+        serde_json::json!({ "_id": format!("genome_run_{:026}", 42), "genome": { "n": 42, "waveform": [0, 9, 3] } })
+    );
+
+    // New rows and changed ones, pushed while the reader keeps its connection: it sees them.
+    worker_db(&genomes_a, "genomes", 250..400, "UPDATE genomes SET data = (SELECT data FROM genomes WHERE id = printf('%026d', 7)) WHERE id = printf('%026d', 1);");
+    central.push_ok("acme", &genomes_a, RUN_A, "genomes.sqlite");
+    assert_eq!(reader.count(RUN_A, "genomes.sqlite", "genomes")["count"], 400);
+    let (genome, _) = reader.ask(serde_json::json!({ "op": "genome", "run": RUN_A, "id": format!("{:026}", 1) }));
+    assert_eq!(genome["json"]["genome"]["n"], 7, "the updated row");
+
+    // A reader never writes, and cannot.
+    let (answer, _) = reader.ask(serde_json::json!({ "op": "write", "run": RUN_A, "db": "genomes.sqlite" }));
+    assert_eq!(answer["ok"], false, "{answer}");
+    let replica = central.root().join("replicas/acme").join(RUN_A).join("genomes.sqlite");
+    let touch = Command::new("runuser")
+        .args(["-u", READER_ACCOUNT, "--", "sh", "-c"])
+        .arg(format!(": >> {}", replica.display()))
+        .output()
+        .unwrap();
+    assert!(!touch.status.success(), "the reader's account cannot open a replica for writing");
+    // The catalog knows no parties: one folder per run, found with one stat.
+    let (found, _) = reader.ask(serde_json::json!({ "op": "lookup", "run": RUN_B }));
+    assert_eq!(found["found"], true);
+    let (files, _) = reader.ask(serde_json::json!({ "op": "files", "run": RUN_A, "dir": "." }));
+    assert!(files["files"].as_array().unwrap().iter().all(|f| f != "acme"), "{files}");
+
+    // The party and the administrator see it.
+    let status = central.status(RUN_A);
+    assert_eq!(status["published"], true, "{status}");
+    assert_eq!(status["replicas"][0]["verification"]["ok"], true, "{status}");
+    // Another party's account is not a reader.
+    let output = Command::new("runuser")
+        .args(["-u", "evosync-beta", "--", "ls"])
+        .arg(central.root().join("catalog"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a party account cannot list the catalog");
+}
+
+#[test]
+fn a_run_whose_features_come_late_is_published_whole_and_partial_ones_after_their_wait() {
+    let central = Central::start("catalog-late", "publish_partial_after: 3\n");
+    let work = central.root().join("worker");
+    std::fs::create_dir_all(&work).unwrap();
+    let genomes = work.join("genomes.sqlite");
+    worker_db(&genomes, "genomes", 0..50, "");
+    central.push_ok("acme", &genomes, LATE, "genomes.sqlite");
+    let mut reader = Reader::start(&central.root().join("catalog"));
+    assert_eq!(reader.ask(serde_json::json!({ "op": "lookup", "run": LATE })).0["found"], false, "not half a run");
+    // Published without its features once the wait is over (the service looks every half minute; the deadline is
+    // one look away at most).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !central.published(LATE) {
+        assert!(Instant::now() < deadline, "published after publish_partial_after");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(reader.count(LATE, "genomes.sqlite", "genomes")["count"], 50);
+    let features = work.join("features.sqlite");
+    worker_db(&features, "features", 0..50, "");
+    central.push_ok("acme", &features, LATE, "features.sqlite");
+    assert_eq!(reader.count(LATE, "features.sqlite", "features")["count"], 50, "the late database joins its run");
+}
+
+#[test]
+fn hostile_databases_are_refused_with_their_reason_never_published_and_the_reader_stays_responsive() {
+    let central = Central::start("catalog-hostile", "publish_partial_after: 0\n");
+    let work = central.root().join("worker");
+    std::fs::create_dir_all(&work).unwrap();
+    let good = work.join("good.sqlite");
+    worker_db(&good, "genomes", 0..20, "");
+    let good_run = "01KFYA32R09C5KJYNH1SM2W1DV_good";
+    central.push_ok("acme", &good, good_run, "genomes.sqlite");
+    assert!(central.published(good_run));
+    let mut reader = Reader::start(&central.root().join("catalog"));
+    assert_eq!(reader.count(good_run, "genomes.sqlite", "genomes")["count"], 20);
+
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "view",
+            "CREATE VIEW bomb AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c;",
+            "view 'bomb'",
+        ),
+        ("trigger", "CREATE TRIGGER t AFTER INSERT ON genomes BEGIN DELETE FROM metadata; END;", "trigger 't'"),
+        ("unlisted", "CREATE TABLE extra (x);", "table 'extra'"),
+        ("types", "DROP TABLE genomes; CREATE TABLE genomes (id INTEGER PRIMARY KEY, data TEXT);", "columns"),
+        ("journal", "PRAGMA journal_mode = DELETE;", "not in WAL mode"),
+    ];
+    for (n, (name, sql, reason)) in cases.iter().enumerate() {
+        let run = format!("01KFYA32R09C5KJYNH1SM2W1E{n}_{name}");
+        let origin = work.join(format!("{name}.sqlite"));
+        worker_db(&origin, "genomes", 0..20, sql);
+        let _ = central.push("acme", &origin, &run, "genomes.sqlite");
+        let verdict = central.verdict(&run, "genomes.sqlite");
+        assert!(matches!(&verdict, Some((false, Some(why))) if why.contains(reason)), "{name}: {verdict:?}");
+        assert!(!central.published(&run), "{name} is never published");
+        let (answer, took) = reader
+            .ask(serde_json::json!({ "op": "count", "run": good_run, "db": "genomes.sqlite", "table": "genomes" }));
+        assert_eq!(answer["count"], 20, "{name}: the reader still answers");
+        assert!(took < Duration::from_secs(5), "{name}: the reader stays responsive ({took:?})");
+    }
+
+    // A corrupt b-tree page: quick_check refuses it.
+    let corrupt = work.join("corrupt.sqlite");
+    worker_db(&corrupt, "genomes", 0..400, "PRAGMA wal_checkpoint(TRUNCATE);");
+    let root_page: i64 = rusqlite::Connection::open(&corrupt)
+        .unwrap()
+        .query_row("SELECT rootpage FROM sqlite_schema WHERE name = 'genomes'", [], |r| r.get(0))
+        .unwrap();
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    let page = 4096 * (root_page as usize - 1);
+    for (i, b) in bytes[page + 12..page + 4096].iter_mut().enumerate() {
+        *b = (i * 131 % 251) as u8;
+    }
+    std::fs::write(&corrupt, bytes).unwrap();
+    let corrupt_run = "01KFYA32R09C5KJYNH1SM2W1EZ_corrupt";
+    let _ = central.push("acme", &corrupt, corrupt_run, "genomes.sqlite");
+    if let Some((ok, reason)) = central.verdict(corrupt_run, "genomes.sqlite") {
+        assert!(!ok, "a corrupt database is refused: {reason:?}");
+    }
+    assert!(!central.published(corrupt_run));
+
+    // A published run turns bad: withdrawn at once, with its reason; mended: published again.
+    worker_db(&good, "genomes", 0..20, "CREATE VIEW v AS SELECT 1;");
+    central.push_ok("acme", &good, good_run, "genomes.sqlite");
+    assert!(!central.published(good_run), "withdrawn at once");
+    let status = central.status(good_run);
+    assert_eq!(status["published"], false);
+    assert!(status["replicas"][0]["verification"]["reason"].as_str().unwrap().contains("view 'v'"), "{status}");
+    worker_db(&good, "genomes", 0..20, "DROP VIEW v;");
+    central.push_ok("acme", &good, good_run, "genomes.sqlite");
+    assert!(central.published(good_run), "mended: published again");
+    let mut fresh = Reader::start(&central.root().join("catalog"));
+    assert_eq!(fresh.count(good_run, "genomes.sqlite", "genomes")["count"], 20);
+
+    // The administrator sees the same, and can have a run checked again.
+    let (status, runs) = central.admin("GET", "/admin/runs");
+    assert_eq!(status, 200);
+    let listed = runs.as_array().unwrap().iter().find(|r| r["run"] == good_run).unwrap();
+    assert_eq!(
+        (listed["published"].clone(), listed["replicas"][0]["verification"]["ok"].clone()),
+        (true.into(), true.into()),
+        "{listed}"
+    );
+    let (status, again) = central.admin("POST", &format!("/admin/runs/{good_run}/verify"));
+    assert_eq!(
+        (status, again["verdicts"][0]["ok"].clone(), again["published"].clone()),
+        (200, true.into(), true.into()),
+        "{again}"
+    );
+    // Each verdict, publication and withdrawal went to the events stream (the log holds the same objects), the
+    // metrics and the audit trail.
+    let log = central.service.log();
+    for kind in ["\"type\":\"verified\"", "\"type\":\"published\"", "\"type\":\"withdrawn\""] {
+        assert!(log.contains(kind), "{kind} in {log}");
+    }
+    let (_, _, metrics) = http(central.service.port, "GET", "/metrics", &[], b"");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("evosync_verifications_total{outcome=\"refused\"}"), "{metrics}");
+    assert!(metrics.contains("evosync_verification_seconds_total"), "{metrics}");
+    let audit = rusqlite::Connection::open(central.root().join("state/state.db")).unwrap();
+    let withdrawals: i64 = audit
+        .query_row("SELECT count(*) FROM audit WHERE action = 'withdraw' AND subject = ?1", [good_run], |r| r.get(0))
+        .unwrap();
+    assert_eq!(withdrawals, 1);
+
+    // The audit trail and the checks agree; the catalog has drifted nowhere.
+    let (ok, drift, said) = evosync_json(&central.config, &["catalog", "check"]);
+    assert!(ok, "{said} {drift}");
+    assert_eq!(drift["clean"], true);
+}
