@@ -65,6 +65,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
     pub quota: Reservations,
+    /// The SSH tunnels open now (`tunnel`): how many per party, and whose each sshd connection is.
+    pub tunnels: super::tunnel::Tunnels,
     /// The published catalog, when the configuration names one (`catalog_root`).
     pub catalog: Option<Catalog>,
     /// One change to the catalog at a time.
@@ -89,6 +91,7 @@ impl AppState {
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
             quota: Reservations::default(),
+            tunnels: Default::default(),
             catalog,
             catalog_changes: std::sync::Mutex::new(()),
             replica_root: OnceLock::new(),

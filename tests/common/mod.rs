@@ -1,6 +1,7 @@
 //! The test rig: a real OpenSSH sshd on a loopback port (`sshd`), the real stock sqlite3_rsync, SQLite files shaped
-//! like the workers' (`sqlite`), HTTP over a real socket (`http`) and a running `evosync serve` (`service`). Each test
-//! gets its own folders and port. `scripts/setup-test-env.sh` prepares the machine.
+//! like the workers' (`sqlite`), HTTP over a real socket (`http`), real TLS with a CA made in the test (`tls`) and a
+//! running `evosync serve` (`service`). Each test gets its own folders and port. `scripts/setup-test-env.sh` prepares
+//! the machine.
 #![allow(dead_code)] // each test file uses its own part of the rig
 #![allow(unused_imports)]
 
@@ -8,11 +9,13 @@ mod http;
 mod service;
 mod sqlite;
 mod sshd;
+mod tls;
 
 pub use http::*;
 pub use service::*;
 pub use sqlite::*;
 pub use sshd::*;
+pub use tls::*;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
