@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 machine for evosync's tests and demo; safe to run again.
 #  - Debian packages: openssh-server (sshd for the loopback central), sqlite3 (the demo's data), curl, wrk,
-#    systemd (systemd-analyze), build tools;
+#    systemd (systemd-analyze), build tools, python3-websockets (a generic WebSocket client for the tunnel test);
 #  - the stock sqlite3_rsync >= 3.53.4, built from Debian's source package (scripts/build-sqlite3-rsync.sh);
 #  - Debian's chromium and chromium-driver, the headless browser and its WebDriver the dashboard's tests drive;
 #  - the gate accounts: `evosync` (shared-account mode, and the service's) and `evosync-acme`, `evosync-beta`
@@ -80,6 +80,10 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 if [ ! -f tests/reader/node_modules/better-sqlite3/build/Release/better_sqlite3.node ]; then
   (cd tests/reader && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# The tunnel test's generic WebSocket client (tests/websocket_proxy.py): Debian's python3 with its websockets package.
+if ! /usr/bin/python3 -c 'import websockets' 2>/dev/null; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-websockets >/dev/null
 fi
 # sshd's AuthorizedKeysCommandUser: may read the state store (group evosync), may not log in.
 if ! getent passwd evosyncauth >/dev/null; then

@@ -9,7 +9,9 @@
 //! Framing: one JSON object per line each way, a line at most `MAX_LINE` bytes. The protocol types and the peer rule
 //! live here because both wings speak them: `gate::central` (blocking client) and `serve::broker` (tokio server).
 
+use crate::store::Transport;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// The longest line either side accepts.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -38,13 +40,16 @@ pub enum Request {
     Audit { party: String, actor: String, subject: String, outcome: String, detail: String },
     /// The push has ended: its ledger row. Releases the reservation.
     Finish { ledger: PushRecord },
+    /// Did the SSH session from `client` to `server` (sshd's `SSH_CONNECTION`) come through the service's tunnel,
+    /// and with whose API key? Changes nothing.
+    Transport { client: SocketAddr, server: SocketAddr },
 }
 
 impl Request {
     /// The party a request speaks for (`Key` names none: the answer does).
     pub fn party(&self) -> Option<&str> {
         match self {
-            Request::Key { .. } => None,
+            Request::Key { .. } | Request::Transport { .. } => None,
             Request::RunOwner { party, .. }
             | Request::Claim { party, .. }
             | Request::Reserve { party, .. }
@@ -66,6 +71,8 @@ pub struct PushRecord {
     pub seconds: f64,
     pub exit: String,
     pub replica_bytes: Option<u64>,
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 /// Whose a run is, on the wire (`access::RunOwner`).
@@ -121,6 +128,13 @@ pub enum Answer {
         why: QuotaRefusal,
         used: u64,
         max: u64,
+    },
+    /// The SSH session came straight to sshd, not through the tunnel.
+    Direct,
+    /// The SSH session came through a tunnel opened with an API key of `party`; `None` when the caller, a party's own
+    /// account, asked about another party's tunnel (whose it is is none of its business; that it is not its own is).
+    Tunnel {
+        party: Option<String>,
     },
     /// The caller may not ask this (another party's business).
     Forbidden,
@@ -201,5 +215,10 @@ mod tests {
         let answer = Answer::OverQuota { why: QuotaRefusal::Files, used: 3, max: 3 };
         let line = encode(&answer);
         assert_eq!(decode::<Answer>(&line[..line.len() - 1]), Some(answer));
+        let request =
+            Request::Transport { client: "127.0.0.1:40000".parse().unwrap(), server: "[::1]:22".parse().unwrap() };
+        let line = encode(&request);
+        assert_eq!(decode::<Request>(&line[..line.len() - 1]), Some(request));
+        assert_eq!(decode::<Request>(br#"{"op":"transport","client":"nope","server":"127.0.0.1:22"}"#), None);
     }
 }

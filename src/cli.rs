@@ -83,6 +83,22 @@ enum Command {
         #[command(subcommand)]
         command: CatalogCommand,
     },
+    /// On a worker: carry ssh over HTTPS to the central host's SSH tunnel (for ssh's ProxyCommand; stdin and stdout
+    /// are the SSH connection). Needs no configuration file.
+    Tunnel(TunnelArgs),
+}
+
+#[derive(clap::Args)]
+struct TunnelArgs {
+    /// The tunnel endpoint: wss://HOST[:PORT]/api/sync/ssh (ws:// only to a service on the same machine).
+    #[arg(long)]
+    url: String,
+    /// A file holding the party's API key (evs_…), as `evosync api-key issue` printed it.
+    #[arg(long)]
+    api_key_file: PathBuf,
+    /// PEM file of the CA that signed the service's certificate [default: the system's trust roots].
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -276,6 +292,15 @@ fn run(cli: Cli) -> Outcome {
         Command::Catalog { command: CatalogCommand::Inspect { party, run, database } } => {
             let verdict = crate::catalog::inspect::run(&config_path, &party, &run, &database).map_err(Failure)?;
             println!("{}", serde_json::to_string(&verdict)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tunnel(args) => {
+            let options = crate::worker::tunnel::Options {
+                url: args.url,
+                api_key_file: args.api_key_file,
+                ca_file: args.ca_file,
+            };
+            crate::worker::tunnel::run(&options).map_err(|e| Failure(format!("tunnel: {e}")))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
@@ -516,6 +541,7 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
         | Command::Policy { .. }
         | Command::Serve
         | Command::Doctor { .. }
+        | Command::Tunnel(_)
         | Command::Catalog { command: CatalogCommand::Inspect { .. } } => {
             unreachable!("handled before the store opens")
         }

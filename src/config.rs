@@ -70,6 +70,20 @@ pub struct Config {
     /// Serve `/metrics` only on this address (e.g. `127.0.0.1:9464`); the main listener then answers 404 for it.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// TLS on `listen`: the certificate chain (PEM, the server's certificate first) and its private key (PEM). Both
+    /// or neither; `evosync serve` re-reads them on SIGHUP. Without them `listen` speaks plain HTTP, which it does
+    /// only on a loopback address unless `allow_plain_http` says otherwise.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Plain HTTP on a `listen` address other than loopback (a TLS proxy in front on a network of its own).
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// The local sshd that `GET /api/sync/ssh` (the SSH tunnel over WebSocket) joins, as ADDRESS:PORT
+    /// (e.g. `127.0.0.1:22`); none: the endpoint is off (404).
+    #[serde(default)]
+    pub tunnel_ssh: Option<String>,
     /// A cgroup v2 folder delegated to the gate accounts, inside which the gate's sessions run: each sync's child
     /// gets a cgroup beneath it with `memory.max` at the policy's `max_sync_memory`. Without it (or where the gate
     /// cannot use it) the child's memory is held by RLIMIT_AS.
@@ -88,6 +102,8 @@ pub struct HttpLimits {
     pub idle_timeout_seconds: u64,
     /// How long a request body may deliver nothing before the request is dropped (and its temp file removed).
     pub body_stall_seconds: u64,
+    /// How long an SSH tunnel may carry no byte either way before the service closes it.
+    pub tunnel_idle_seconds: u64,
 }
 
 impl Default for HttpLimits {
@@ -97,6 +113,7 @@ impl Default for HttpLimits {
             header_timeout_seconds: 10,
             idle_timeout_seconds: 60,
             body_stall_seconds: 30,
+            tunnel_idle_seconds: 300,
         }
     }
 }
@@ -207,6 +224,8 @@ impl Config {
             ("catalog_root", &config.catalog_root),
             ("locks_dir", &config.locks_dir),
             ("sync_cgroup", &config.sync_cgroup),
+            ("tls_cert", &config.tls_cert),
+            ("tls_key", &config.tls_key),
         ] {
             if let Some(path) = path {
                 if !path.is_absolute() {
@@ -220,7 +239,14 @@ impl Config {
                 config.gate.display()
             ));
         }
-        for (key, address) in [("listen", Some(&config.listen)), ("metrics_listen", config.metrics_listen.as_ref())] {
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            return Err("tls_cert and tls_key go together: give both (PEM files), or neither for plain HTTP".into());
+        }
+        for (key, address) in [
+            ("listen", Some(&config.listen)),
+            ("metrics_listen", config.metrics_listen.as_ref()),
+            ("tunnel_ssh", config.tunnel_ssh.as_ref()),
+        ] {
             if address.is_some_and(|a| a.parse::<std::net::SocketAddr>().is_err()) {
                 return Err(format!("{key} must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", address.unwrap()));
             }
@@ -236,12 +262,18 @@ impl Config {
             ("http.header_timeout_seconds", http.header_timeout_seconds),
             ("http.idle_timeout_seconds", http.idle_timeout_seconds),
             ("http.body_stall_seconds", http.body_stall_seconds),
+            ("http.tunnel_idle_seconds", http.tunnel_idle_seconds),
         ] {
             if seconds == 0 {
                 return Err(format!("{key}: must be at least 1"));
             }
         }
         Ok(config)
+    }
+
+    /// The tunnel's sshd, when the tunnel endpoint is on (checked by `parse`).
+    pub fn tunnel_ssh(&self) -> Option<std::net::SocketAddr> {
+        self.tunnel_ssh.as_deref().and_then(|address| address.parse().ok())
     }
 
     /// Where a party's policy lives.
@@ -302,5 +334,22 @@ mod tests {
         let relative = MINIMAL.replace("/usr/local/bin/sqlite3_rsync", "sqlite3_rsync");
         assert!(Config::parse(&relative).unwrap_err().contains("sqlite3_rsync must be an absolute path"));
         assert!(Config::parse("replica_root: /x\n").unwrap_err().contains("missing field"));
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_the_tunnel_an_address() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(
+            (config.tls_cert.as_deref(), config.tunnel_ssh(), config.http.tunnel_idle_seconds),
+            (None, None, 300)
+        );
+        let half = format!("{MINIMAL}tls_cert: /etc/evosync/tls/cert.pem\n");
+        assert!(Config::parse(&half).unwrap_err().contains("tls_cert and tls_key go together"));
+        let relative = format!("{MINIMAL}tls_cert: cert.pem\ntls_key: /k.pem\n");
+        assert!(Config::parse(&relative).unwrap_err().contains("tls_cert must be an absolute path"));
+        let named = format!("{MINIMAL}tunnel_ssh: localhost:22\n");
+        assert!(Config::parse(&named).unwrap_err().contains("tunnel_ssh must be ADDRESS:PORT"));
+        let tunnel = Config::parse(&format!("{MINIMAL}tunnel_ssh: 127.0.0.1:22\n")).unwrap();
+        assert_eq!(tunnel.tunnel_ssh(), Some("127.0.0.1:22".parse().unwrap()));
     }
 }

@@ -25,6 +25,8 @@ pub struct Policy {
     pub limits: Limits,
     pub require_sandbox: bool,
     pub uploads: Uploads,
+    /// May open the SSH tunnel over HTTPS (`GET /api/sync/ssh`, a WebSocket) with its API key.
+    pub tunnel: bool,
     /// The tables each database may hold (the `schemas:` section, else the workers' defaults).
     pub schemas: crate::catalog::schema::Schemas,
 }
@@ -63,6 +65,8 @@ pub struct Limits {
     pub max_sync_memory: ByteSize,
     /// Files and folders in the party's tree.
     pub max_party_files: u64,
+    /// SSH tunnels over WebSocket the party holds open at once.
+    pub max_tunnels: u32,
 }
 
 impl Default for Limits {
@@ -75,6 +79,7 @@ impl Default for Limits {
             max_sync_seconds: 3600,
             max_sync_memory: ByteSize(1 << 30),
             max_party_files: 100_000,
+            max_tunnels: 4,
         }
     }
 }
@@ -103,6 +108,8 @@ struct PolicyFile {
     #[serde(default)]
     uploads: UploadsFile,
     #[serde(default)]
+    tunnel: bool,
+    #[serde(default)]
     schemas: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<String>>>,
 }
 
@@ -125,6 +132,7 @@ struct LimitsFile {
     max_sync_seconds: Option<u64>,
     max_sync_memory: Option<ByteSize>,
     max_party_files: Option<u64>,
+    max_tunnels: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +198,7 @@ impl Policy {
             max_sync_seconds: file.limits.max_sync_seconds.unwrap_or(defaults.max_sync_seconds),
             max_sync_memory: file.limits.max_sync_memory.unwrap_or(defaults.max_sync_memory),
             max_party_files: file.limits.max_party_files.unwrap_or(defaults.max_party_files),
+            max_tunnels: file.limits.max_tunnels.unwrap_or(defaults.max_tunnels),
         };
         if limits.max_concurrent_syncs == 0 || limits.max_concurrent_syncs > 64 {
             return Err("limits.max_concurrent_syncs: must be between 1 and 64".into());
@@ -205,6 +214,9 @@ impl Policy {
         }
         if limits.max_party_files == 0 {
             return Err("limits.max_party_files: must be at least 1".into());
+        }
+        if limits.max_tunnels == 0 || limits.max_tunnels > 1024 {
+            return Err("limits.max_tunnels: must be between 1 and 1024 (tunnel: false turns the tunnel off)".into());
         }
         let upload_defaults = Uploads::default();
         let uploads = Uploads {
@@ -237,6 +249,7 @@ impl Policy {
             push: file.push,
             pull: file.pull,
             create_runs: file.create_runs,
+            tunnel: file.tunnel,
             path_prefixes: file.path_prefixes,
             run_pattern,
             databases,

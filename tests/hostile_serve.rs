@@ -424,7 +424,9 @@ fn row4_idle_slow_and_stalled_connections_are_closed_and_leave_nothing() {
     println!("row 4: {open} connections left open after the timeouts; {} temp files", temp_files());
     assert_eq!(open, 0, "connections left open");
     assert_eq!(temp_files(), 0, "a stalled upload left its temp file");
-    assert_eq!(host.service.open_sockets(), sockets_before, "the service holds no socket of them");
+    // At most as many as before: a connection of the test's earlier requests may still have been closing then.
+    let after = host.service.open_sockets();
+    assert!(after <= sockets_before, "the service holds {after} sockets, {sockets_before} before: some of them leaked");
     for stream in stalled.iter_mut() {
         let mut answer = String::new();
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

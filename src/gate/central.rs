@@ -107,6 +107,19 @@ impl Central {
         }
     }
 
+    /// Whose tunnel, if any, the SSH session came through (`transport`; only the service knows its tunnels).
+    pub fn tunnel_of(&self, session: super::transport::SshSession) -> Result<super::transport::Via, Refusal> {
+        use super::transport::Via;
+        let unverifiable = |e: String| Refusal::with_detail(RefusalCode::TunnelUnverifiable, e);
+        let Central::Service(broker) = self else { return Ok(Via::Direct) };
+        let request = Request::Transport { client: session.client, server: session.server };
+        match broker.ask(&request).map_err(unverifiable)? {
+            Answer::Direct => Ok(Via::Direct),
+            Answer::Tunnel { party } => Ok(Via::Tunnel { party }),
+            other => Err(unverifiable(format!("unexpected answer {other:?}"))),
+        }
+    }
+
     /// Whose `run` is, seen from `party`.
     pub fn run_owner(&self, party: &str, run: &str) -> Result<RunOwner, Refusal> {
         let unreadable = |e: String| Refusal::with_detail(RefusalCode::RunsUnreadable, e);
@@ -218,6 +231,7 @@ impl Central {
                     seconds: row.seconds,
                     exit: row.exit.clone(),
                     replica_bytes: row.replica_bytes,
+                    transport: row.transport,
                 };
                 // The service checks the replica before it answers: as long as the check's own budget, and then some.
                 let wait = Duration::from_secs(broker.verify_seconds.saturating_add(60));

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod refusal;
 pub mod reply;
 pub mod rsync_version;
+pub mod transport;
 
 use crate::access::RunOwner;
 use crate::config::Config;
@@ -123,6 +124,7 @@ pub fn main() -> ExitCode {
                 key: cli.key,
                 account,
                 command: std::env::var("SSH_ORIGINAL_COMMAND").ok(),
+                ssh_connection: std::env::var("SSH_CONNECTION").ok(),
             };
             let status = match config {
                 Ok(config) => serve(&config, &invocation),
@@ -142,6 +144,7 @@ fn refuse_unconfigured(invocation: &Invocation, detail: &str) -> i32 {
         actor: "gate".into(),
         listening: command_line.and_then(command::looks_like_sqlite3_rsync),
         command_line: None,
+        transport: Default::default(),
     };
     recorder.refuse(Line::new(), "", "", &Refusal::with_detail(RefusalCode::BrokenConfig, detail))
 }
@@ -156,6 +159,9 @@ pub struct Invocation {
     pub account: Option<String>,
     /// `SSH_ORIGINAL_COMMAND`; `None` for an interactive login.
     pub command: Option<String>,
+    /// `SSH_CONNECTION` (`CLIENT_IP CLIENT_PORT SERVER_IP SERVER_PORT`): whether the session came through the
+    /// service's tunnel (`transport`).
+    pub ssh_connection: Option<String>,
 }
 
 /// Everything decided before looking at the tree.
@@ -204,7 +210,7 @@ pub fn plan(config: &Config, party: &str, command_line: Option<&str>) -> Result<
 /// Serves one SSH session. Returns the process exit status.
 pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
     let command_line = invocation.command.as_deref();
-    let recorder = Recorder {
+    let mut recorder = Recorder {
         sink: Sink::new(config.syslog_facility, config.audit_log.as_deref()),
         // The service when it runs (the only way in for a per-party account), else the store, else nothing.
         central: Central::connect(config),
@@ -214,7 +220,15 @@ pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
         },
         listening: command_line.and_then(command::looks_like_sqlite3_rsync),
         command_line,
+        transport: Default::default(),
     };
+    // First how the session came in, so that every record of a tunnelled one says so.
+    let session = invocation.ssh_connection.as_deref().and_then(transport::SshSession::parse);
+    let via = match transport::via(&recorder.central, session, config.tunnel_ssh.is_some()) {
+        Ok(via) => via,
+        Err(refusal) => return recorder.refuse(recorder.base(), "", "", &refusal),
+    };
+    recorder.transport = via.transport();
     let key_party = match &invocation.key {
         Some(key) => match key_holder(&recorder.central, key, invocation.party.as_deref()) {
             Ok(party) => Some(party),
@@ -227,6 +241,10 @@ pub fn serve(config: &Config, invocation: &Invocation) -> i32 {
         Err(refusal) => return recorder.refuse(recorder.base(), "", "", &refusal),
     };
     let with_key = |line: Line| line.field_opt("key", invocation.key.as_deref());
+    // The one-party rule, before the command is even parsed: nothing is looked at or created for a mismatch.
+    if let Err(refusal) = transport::one_party(&via, &party) {
+        return recorder.refuse(with_key(recorder.base().field("party", &party)), &party, "", &refusal);
+    }
     let plan = match plan(config, &party, command_line) {
         Ok(plan) => plan,
         Err(refusal) => return recorder.refuse(with_key(recorder.base().field("party", &party)), &party, "", &refusal),
@@ -413,6 +431,7 @@ fn act(
         seconds: outcome.seconds,
         exit: outcome.exit.to_string(),
         replica_bytes: after,
+        transport: recorder.transport,
     };
     // Still under the replica lock: what the service does with a finished push happens before the next one starts.
     if let Err(error) = central.finish(&row) {

@@ -11,7 +11,7 @@ use super::handover::HandoverError;
 use crate::fs::confine::ConfineError;
 use crate::fs::sandbox::SandboxError;
 use crate::log::Line;
-use crate::store::AuditEntry;
+use crate::store::{AuditEntry, Transport};
 use std::fmt;
 
 /// Exit status of a refusal (sqlite3_rsync itself exits 1 on errors).
@@ -41,6 +41,13 @@ pub enum RefusalCode {
     },
     /// The key's authorized_keys line names another party than the store does.
     KeyOfAnotherParty,
+    /// The session came through a tunnel opened with another party's API key (`transport`); `party` is the SSH
+    /// key's.
+    TunnelOfAnotherParty {
+        party: String,
+    },
+    /// The gate cannot ask the service whether this session came through its tunnel, and it may have.
+    TunnelUnverifiable,
     NoTree {
         party: String,
     },
@@ -87,6 +94,7 @@ impl RefusalCode {
             KeyUnknown | KeyRevoked | KeyExpired | PartyDisabled { .. } | KeyOfAnotherParty => "key",
             NoTree { .. } | Confine(_) | NothingToPull { .. } | NoReplicaToPull { .. } => "confine",
             RunOwned { .. } => "run",
+            TunnelOfAnotherParty { .. } | TunnelUnverifiable => "tunnel",
             Busy(_) | QuotaBusy { .. } => "busy",
             KeysUnavailable | LocksUnavailable | RunsUnreadable | RunNotRecorded | SyncNotStarted | QuotaUnknown => {
                 "internal"
@@ -118,6 +126,14 @@ impl fmt::Display for RefusalCode {
             KeyExpired => f.write_str("this SSH key has expired; ask the administrator to renew it"),
             PartyDisabled { party } => write!(f, "party '{party}' is disabled on this host; ask the administrator"),
             KeyOfAnotherParty => f.write_str("this key's line names another party; tell the administrator"),
+            TunnelOfAnotherParty { party } => write!(
+                f,
+                "this SSH key is party '{party}''s, but the tunnel was opened with another party's API key; use one \
+                 party's API key and SSH key together"
+            ),
+            TunnelUnverifiable => f.write_str(
+                "the central host cannot tell whether this session came through its tunnel; tell the administrator",
+            ),
             NoTree { party } => write!(f, "party '{party}' has no tree on this host; tell the administrator"),
             Confine(error) => error.fmt(f),
             NothingToPull { run } => write!(f, "there is no run '{run}' to pull from"),
@@ -185,18 +201,32 @@ pub struct Recorder<'a> {
     /// Whether a stock sqlite3_rsync reads our stdout, and as which side.
     pub listening: Option<Direction>,
     pub command_line: Option<&'a str>,
+    /// How the session reached sshd: every record of a tunnelled one says `transport=websocket`.
+    pub transport: Transport,
 }
 
 impl Recorder<'_> {
     /// A line with the fields every record of this session carries.
     pub fn base(&self) -> Line {
-        Line::new().field_opt("command", self.command_line)
+        let line = Line::new().field_opt("command", self.command_line);
+        match self.transport {
+            Transport::Ssh => line,
+            Transport::WebSocket => line.field("transport", self.transport),
+        }
     }
 
     /// One audit line, and one record in the hash-chained trail; stderr only when neither took it.
     pub fn record(&self, line: &Line, party: &str, subject: &str, outcome: &str, detail: &str) {
         let logged = self.sink.write_host_side(line);
         let stored = !self.central.is_absent() && {
+            let tunnelled;
+            let detail = match self.transport {
+                Transport::Ssh => detail,
+                Transport::WebSocket => {
+                    tunnelled = format!("transport=websocket; {detail}");
+                    tunnelled.trim_end_matches("; ")
+                }
+            };
             let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
             match self.central.audit(&entry) {
                 Ok(()) => true,

@@ -175,6 +175,9 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
                 store.append_audit(&entry)?;
                 (Answer::Done, None)
             }
+            Request::Transport { client, server } => {
+                (super::tunnel::transport_answer(state, trusted, caller.as_deref(), client, server), None)
+            }
             Request::Finish { .. } => unreachable!("a push's end is answered before"),
         })
     })
@@ -201,6 +204,7 @@ async fn finish(state: &Shared, ledger: PushRecord, held: &mut Vec<Reserved>) ->
         seconds: ledger.seconds,
         exit: ledger.exit,
         replica_bytes: ledger.replica_bytes,
+        transport: ledger.transport,
     };
     let (party, run, database) = (row.party.clone(), row.run.clone(), row.database.clone());
     let id = match blocking(state, move |_, store| Ok(store.record_sync(&row)?)).await {

@@ -129,6 +129,20 @@ pub enum ApiError {
         max: u64,
     },
     NoEndpoint,
+    // ---- the SSH tunnel (`tunnel`) ----
+    /// The party's policy does not say `tunnel: true`.
+    TunnelNotAllowed {
+        party: String,
+    },
+    /// The party holds `limits.max_tunnels` tunnels already.
+    TooManyTunnels {
+        party: String,
+        max: u32,
+    },
+    /// `GET /api/sync/ssh` without a WebSocket upgrade (RFC 6455) in its headers.
+    NotWebSocket(String),
+    /// The local sshd did not take the tunnel's connection (the detail is in the service's log).
+    TunnelUnavailable,
     // ---- the host ----
     FolderConflict(String),
     Storage(String),
@@ -169,6 +183,10 @@ impl ApiError {
             | BadDigestHeader(_)
             | Digest(_) => StatusCode::BAD_REQUEST,
             NoSuchRun { .. } | NoEndpoint => StatusCode::NOT_FOUND,
+            TunnelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            TooManyTunnels { .. } => StatusCode::TOO_MANY_REQUESTS,
+            NotWebSocket(_) => StatusCode::BAD_REQUEST,
+            TunnelUnavailable => StatusCode::BAD_GATEWAY,
             OtherPartysRun { registering: true, .. } => StatusCode::CONFLICT,
             OtherPartysRun { registering: false, .. } => StatusCode::NOT_FOUND,
             Confine(ConfineError::RunMissing { .. } | ConfineError::TooManyRuns { .. }) => StatusCode::FORBIDDEN,
@@ -214,6 +232,10 @@ impl ApiError {
             TooLarge { .. } => "too-large",
             OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } => "quota",
             NoEndpoint => "no-endpoint",
+            TunnelNotAllowed { .. } => "tunnel-off",
+            TooManyTunnels { .. } => "tunnel-limit",
+            NotWebSocket(_) => "not-websocket",
+            TunnelUnavailable => "tunnel-ssh",
             FolderConflict(_) => "folder",
             Storage(_) => "storage",
             Admin(_) => "admin",
@@ -303,6 +325,20 @@ impl fmt::Display for ApiError {
                 "party '{party}' has {max} files and folders, its limit (max_party_files); nothing was stored"
             ),
             NoEndpoint => f.write_str("no such endpoint"),
+            TunnelNotAllowed { party } => write!(
+                f,
+                "party '{party}' may not use the SSH tunnel (its policy does not say tunnel: true); push over SSH, or \
+                 ask the administrator"
+            ),
+            TooManyTunnels { party, max } => {
+                write!(f, "party '{party}' has {max} SSH tunnels open, its limit (limits.max_tunnels); close one first")
+            }
+            NotWebSocket(reason) => {
+                write!(f, "this endpoint takes a WebSocket upgrade (RFC 6455, binary frames): {reason}")
+            }
+            TunnelUnavailable => {
+                f.write_str("the central host's SSH server does not answer the tunnel; tell the administrator")
+            }
             FolderConflict(message) => f.write_str(message),
             Admin(error) => error.fmt(f),
         }

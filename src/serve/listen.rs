@@ -11,7 +11,10 @@
 //! - the client's address reaches the handlers as axum's `ConnectInfo<SocketAddr>`;
 //! - on shutdown, no more accepts, idle connections close, requests in flight get `SHUTDOWN_GRACE` to finish.
 //!
-//! `serve_connection` takes any byte stream, so other transports (TLS, a UNIX socket) need only an accept loop.
+//! `serve_connection` takes any byte stream: a listener with TLS hands each connection to `tls::serve_connection`,
+//! which shakes hands (within the header timeout) and then calls it. A connection that upgrades (the SSH tunnel's
+//! WebSocket) keeps its place under the cap for as long as the upgraded stream lives: the request carries it as an
+//! `Upgradable` extension, with the shutdown signal.
 
 use super::body;
 use crate::config::HttpLimits;
@@ -56,6 +59,8 @@ pub struct Listener {
     pub tcp: TcpListener,
     pub router: Router,
     pub max_connections: usize,
+    /// TLS on every connection (`tls_cert`, `tls_key`), else plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// How long a connection may take over each step.
@@ -115,7 +120,15 @@ async fn accept_loop(listener: Listener, slots: Arc<Semaphore>, timeouts: Timeou
         match accepted {
             Ok((stream, peer)) => {
                 let router = listener.router.clone();
-                tokio::spawn(serve_connection(stream, Some(peer), router, timeouts, stop.clone(), slot));
+                match &listener.tls {
+                    Some(tls) => {
+                        let (tls, stop) = (tls.clone(), stop.clone());
+                        tokio::spawn(super::tls::serve_connection(tls, stream, peer, router, timeouts, stop, slot));
+                    }
+                    None => {
+                        tokio::spawn(serve_connection(stream, Some(peer), router, timeouts, stop.clone(), slot));
+                    }
+                }
             }
             Err(error) => {
                 drop(slot);
@@ -137,17 +150,18 @@ pub async fn serve_connection<IO>(
     router: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let clock = Arc::new(ConnClock::new());
     let io = TokioIo::new(Watched { inner: io, clock: clock.clone() });
-    let service = ConnService { router, peer, clock: clock.clone(), body_stall: timeouts.body_stall };
+    let upgradable = Upgradable { _slot: Arc::new(slot), stop: stop.clone() };
+    let service = ConnService { router, peer, clock: clock.clone(), body_stall: timeouts.body_stall, upgradable };
     let mut builder = http1::Builder::new();
     // No hyper timer: its header timeout would also cut idle kept-alive connections; `ConnClock` keeps both apart.
     builder.max_header_size(MAX_HEAD_BYTES).max_headers(MAX_HEADERS).header_read_timeout(None::<Duration>);
-    let connection = builder.serve_connection(io, service);
+    let connection = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(connection);
     let mut stopping = false;
     loop {
@@ -381,6 +395,14 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 }
 
+/// What an upgraded connection (the tunnel) keeps of the connection it came from: its place under the cap, until
+/// the last clone is dropped, and the shutdown signal.
+#[derive(Clone)]
+pub struct Upgradable {
+    _slot: Arc<OwnedSemaphorePermit>,
+    pub stop: watch::Receiver<bool>,
+}
+
 /// The router as hyper calls it on one connection: each request gets the stall guard on its body and the client's
 /// address, and counts as in flight until its response body is done.
 struct ConnService {
@@ -388,6 +410,7 @@ struct ConnService {
     peer: Option<SocketAddr>,
     clock: Arc<ConnClock>,
     body_stall: Duration,
+    upgradable: Upgradable,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
@@ -403,6 +426,7 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(ConnectInfo(peer));
         }
+        request.extensions_mut().insert(self.upgradable.clone());
         let answer = self.router.clone().oneshot(request);
         Box::pin(async move {
             let response = answer.await?;

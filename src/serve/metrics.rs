@@ -81,6 +81,7 @@ fn route_name(path: &str) -> &'static str {
         "/api/sync/analysis/{run}/list" => "list",
         "/api/sync/analysis/{run}" => "upload",
         "/api/sync/status/{run}" => "status",
+        super::tunnel::PATH => "tunnel",
         _ => "other",
     }
 }
@@ -95,5 +96,6 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
         "# TYPE evosync_slow_hashes_total counter\nevosync_slow_hashes_total {}",
         state.auth.verifier.slow_hashes()
     );
+    super::tunnel::render_open(&state, &mut body);
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
 }

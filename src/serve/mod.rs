@@ -1,5 +1,7 @@
-//! `evosync serve`: the HTTP service. The workers' sync API (`sync_api`, `upload`), the admin API (`admin_api`), the
-//! administrator's web dashboard (`dashboard`), `/metrics`, `/admin/events`, `/openapi.json` and `/healthz`. Connections are accepted and bounded by `listen`;
+//! `evosync serve`: the HTTP service. The workers' sync API (`sync_api`, `upload`), the SSH tunnel over WebSocket
+//! (`tunnel`), the admin API (`admin_api`), the administrator's web dashboard (`dashboard`), `/metrics`,
+//! `/admin/events`, `/openapi.json` and `/healthz`; TLS on the listener when the configuration names a certificate
+//! (`tls`). Connections are accepted and bounded by `listen`;
 //! who is calling is settled by extractors (`auth`, with `verifier` behind them) before any body is read; bodies
 //! are bounded by `body` and `multipart`; every failure is an `error::ApiError`; store and file-system work runs on
 //! blocking threads (`state::blocking`); the async side only moves bytes.
@@ -19,6 +21,8 @@ pub mod openapi;
 pub mod records;
 pub mod state;
 pub mod sync_api;
+pub mod tls;
+pub mod tunnel;
 pub mod upload;
 pub mod verifier;
 
@@ -42,6 +46,14 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}; fix the file, or set tls_cert and tls_key to another pair")]
+    Tls(#[from] tls::TlsError),
+    #[error(
+        "listen {0} is not a loopback address, and without tls_cert and tls_key API keys would cross the network in \
+         clear: set tls_cert and tls_key (see the README, TLS), or allow_plain_http: true when a TLS proxy on a \
+         network of its own stands in front"
+    )]
+    PlainHttp(String),
     #[error("the catalog_root {path} cannot be opened: {source} (evosync init --catalog-root makes it)")]
     Catalog { path: String, source: std::io::Error },
 }
@@ -73,6 +85,7 @@ pub fn router(state: Shared) -> Router {
     let mut router = Router::new()
         .merge(admin)
         .merge(workers)
+        .merge(tunnel::routes(&state))
         .merge(dashboard::router())
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi::openapi_json));
@@ -105,12 +118,20 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
-    // Fail early, before binding, when the store or the catalog cannot be opened.
+    // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
     catalog::open(&config).map_err(|source| ServeError::Catalog {
         path: config.catalog_root.clone().unwrap_or_default().display().to_string(),
         source,
     })?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls::Reloadable::load(cert, key)?)),
+        _ => None,
+    };
+    let loopback = config.listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    if tls.is_none() && !loopback && !config.allow_plain_http {
+        return Err(ServeError::PlainHttp(config.listen.clone()));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let api = bind(&config.listen).await?;
@@ -127,16 +148,21 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         tokio::spawn(events::follow_ledger(state.clone()));
         tokio::spawn(broker::serve(state.clone(), gates));
         tokio::spawn(catalog::follow(state.clone()));
-        let mut listeners = vec![Listener { name: "api", tcp: api, router: router(state.clone()), max_connections }];
+        tokio::spawn(tls::reload_on_hangup(tls.clone()));
+        let acceptor = tls.as_ref().map(tls::Reloadable::acceptor);
+        let api = Listener { name: "api", tcp: api, router: router(state.clone()), max_connections, tls: acceptor };
+        let mut listeners = vec![api];
         if let Some(tcp) = metrics {
             let router = metrics_router(state.clone());
-            listeners.push(Listener { name: "metrics", tcp, router, max_connections: listen::METRICS_CONNECTIONS });
+            let max_connections = listen::METRICS_CONNECTIONS;
+            listeners.push(Listener { name: "metrics", tcp, router, max_connections, tls: None });
         }
         for listener in &listeners {
+            let scheme = if listener.tls.is_some() { "https" } else { "http" };
             crate::log::Line::of(crate::log::SERVE)
                 .field("event", "listening")
                 .field("listener", listener.name)
-                .field("address", format!("http://{}", listener.tcp.local_addr()?))
+                .field("address", format!("{scheme}://{}", listener.tcp.local_addr()?))
                 .to_stderr();
         }
         listen::serve(listeners, timeouts, shutdown_signal()).await;

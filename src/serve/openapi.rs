@@ -12,7 +12,7 @@ use axum::Json;
         admin_api::enable_party, admin_api::list_ssh_keys, admin_api::add_ssh_key, admin_api::revoke_ssh_key,
         admin_api::list_api_keys, admin_api::issue_api_key, admin_api::revoke_api_key,
         admin_api::write_authorized_keys, admin_api::check_authorized_keys, admin_api::audit, admin_api::runs, admin_api::reverify_run,
-        super::healthz, openapi_json),
+        super::healthz, openapi_json, super::tunnel::open),
     components(schemas(sync_api::Registration, sync_api::Listed, admin_api::NewParty, admin_api::NewSshKey,
         admin_api::NewApiKey)),
     modifiers(&Security)

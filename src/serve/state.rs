@@ -67,6 +67,8 @@ pub struct AppState {
     pub uploads: Uploads,
     /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
     pub quota: Reservations,
+    /// The SSH tunnels open now (`tunnel`): how many per party, and whose each sshd connection is.
+    pub tunnels: super::tunnel::Tunnels,
     /// The dashboard's sessions and live feed.
     pub dashboard: Dashboard,
     /// The published catalog, when the configuration names one (`catalog_root`).
@@ -93,6 +95,7 @@ impl AppState {
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
             quota: Reservations::default(),
+            tunnels: Default::default(),
             dashboard: Dashboard::default(),
             catalog,
             catalog_changes: std::sync::Mutex::new(()),

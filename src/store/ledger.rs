@@ -1,4 +1,5 @@
-//! The sync ledger: one row per push the gate ran (party, key, run, database, start, seconds, exit, size after).
+//! The sync ledger: one row per push the gate ran (party, key, run, database, start, seconds, exit, size after, and
+//! whether it came straight over SSH or through the service's WebSocket tunnel).
 
 use super::{Result, Store};
 use rusqlite::params;
@@ -13,14 +14,47 @@ pub struct LedgerRow {
     pub seconds: f64,
     pub exit: String,
     pub replica_bytes: Option<u64>,
+    pub transport: Transport,
+}
+
+/// How an SSH session reached sshd: straight, or through `evosync serve`'s tunnel (`GET /api/sync/ssh`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Ssh,
+    WebSocket,
+}
+
+impl Transport {
+    /// The ledger's `transport` column and the audit line's `transport=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ssh => "ssh",
+            Transport::WebSocket => "websocket",
+        }
+    }
+
+    fn from_name(name: &str) -> Transport {
+        match name {
+            "websocket" => Transport::WebSocket,
+            _ => Transport::Ssh,
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Store {
     /// Records a push; returns its row's id.
     pub fn record_sync(&self, row: &LedgerRow) -> Result<i64> {
         self.conn.execute(
-            "INSERT INTO sync_ledger (party, key_id, run, database, started_at, seconds, exit, replica_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO sync_ledger (party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 row.party,
                 row.key_id,
@@ -29,7 +63,8 @@ impl Store {
                 row.started_at,
                 row.seconds,
                 row.exit,
-                row.replica_bytes.map(|b| b as i64)
+                row.replica_bytes.map(|b| b as i64),
+                row.transport.name()
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
@@ -37,7 +72,8 @@ impl Store {
 
     /// The newest push of each database of a run.
     pub fn last_syncs(&self, party: &str, run: &str) -> Result<Vec<LedgerRow>> {
-        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes FROM sync_ledger \
+        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport \
+                   FROM sync_ledger \
                    WHERE id IN (SELECT max(id) FROM sync_ledger WHERE party = ?1 AND run = ?2 GROUP BY database) \
                    ORDER BY database";
         let mut statement = self.conn.prepare(sql)?;
@@ -46,11 +82,11 @@ impl Store {
     }
 
     pub fn ledger_after(&self, after_id: i64, limit: u32) -> Result<Vec<(i64, LedgerRow)>> {
-        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, id FROM sync_ledger \
-                   WHERE id > ?1 ORDER BY id LIMIT ?2";
+        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, id \
+                   FROM sync_ledger WHERE id > ?1 ORDER BY id LIMIT ?2";
         let mut statement = self.conn.prepare(sql)?;
         let rows = statement
-            .query_map(params![after_id, limit], |r| Ok((r.get(8)?, ledger_row(r)?)))?
+            .query_map(params![after_id, limit], |r| Ok((r.get(9)?, ledger_row(r)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -80,5 +116,6 @@ pub(super) fn ledger_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow>
         seconds: row.get(5)?,
         exit: row.get(6)?,
         replica_bytes: row.get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
+        transport: Transport::from_name(&row.get::<_, String>(8)?),
     })
 }

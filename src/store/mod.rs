@@ -15,7 +15,7 @@ mod verifications;
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
 pub use dashboard::{HourlyPushes, HourlyUploads, PushRecord};
 pub use keys::{AdminToken, ApiKey, SshKey};
-pub use ledger::LedgerRow;
+pub use ledger::{LedgerRow, Transport};
 pub use parties::Party;
 pub use runs::{FileRecord, Run};
 pub use verifications::Verification;
@@ -138,6 +138,11 @@ ALTER TABLE admin_tokens ADD COLUMN expires_at INTEGER;
 ALTER TABLE admin_tokens ADD COLUMN revoked_at INTEGER;
 ALTER TABLE admin_tokens ADD COLUMN last_used_at INTEGER;
 UPDATE admin_tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 90 * 86400 WHERE expires_at IS NULL;
+"#,
+    // How each push reached sshd: `ssh` straight, or `websocket` through the service's tunnel. Rows from before
+    // the tunnel existed came straight.
+    r#"
+ALTER TABLE sync_ledger ADD COLUMN transport TEXT NOT NULL DEFAULT 'ssh';
 "#,
 ];
 

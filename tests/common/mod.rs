@@ -1,21 +1,26 @@
 //! The test rig: a real OpenSSH sshd on a loopback port (`sshd`), the real stock sqlite3_rsync, SQLite files shaped
-//! like the workers' (`sqlite`), HTTP over a real socket (`http`), a running `evosync serve` (`service`) and a real
+//! like the workers' (`sqlite`), HTTP over a real socket (`http`), real TLS with a CA made in the test (`tls`), a
+//! running `evosync serve` (`service`), a whole central with a catalog and a reader of it (`catalog`), and a real
 //! headless browser (`browser`). Each test gets its own folders and port. `scripts/setup-test-env.sh` prepares the
 //! machine.
 #![allow(dead_code)] // each test file uses its own part of the rig
 #![allow(unused_imports)]
 
 mod browser;
+mod catalog;
 mod http;
 mod service;
 mod sqlite;
 mod sshd;
+mod tls;
 
 pub use browser::*;
+pub use catalog::*;
 pub use http::*;
 pub use service::*;
 pub use sqlite::*;
 pub use sshd::*;
+pub use tls::*;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -49,10 +49,15 @@ pub fn insert_rows(path: &Path, table: &str, rows: usize, blob_bytes: usize) {
     {
         let mut insert = tx.prepare(&format!("INSERT OR REPLACE INTO {table} (id, data) VALUES (?1, ?2)")).unwrap();
         for n in start..start + rows as i64 {
-            insert.execute(rusqlite::params![format!("01KFYA{n:020}"), noise(n as u64, blob_bytes)]).unwrap();
+            insert.execute(rusqlite::params![row_id(n as u64), noise(n as u64, blob_bytes)]).unwrap();
         }
     }
     tx.commit().unwrap();
+}
+
+/// The id of the `n`th row `insert_rows` writes (from 0).
+pub fn row_id(n: u64) -> String {
+    format!("01KFYA{n:020}")
 }
 
 /// Rewrites the data of the first `rows` rows.

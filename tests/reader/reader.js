@@ -4,12 +4,17 @@
 // connections open across pushes and time every answer.
 //   {"op":"open","run":R,"db":"genomes.sqlite"}     -> {"ok":true} | {"ok":false,"error":...}
 //   {"op":"count","run":R,"db":D,"table":T}         -> {"ok":true,"count":N}
+//   {"op":"count",...,"from":ID}                    -> {"ok":true,"count":N}: the rows whose id >= ID (an index range,
+//                                                      cheap enough to poll while a push runs)
 //   {"op":"genome","run":R,"id":ID}                 -> {"ok":true,"json":...} (data gunzipped, as /genome/:ulid)
 //   {"op":"write","run":R,"db":D}                   -> {"ok":false,...}: a reader must never write
 //   {"op":"lookup","run":R}                         -> {"ok":true,"found":bool,"micros":N}: stat(root/NAME)
+//   {"op":"find","run":R}                           -> {"ok":true,"found":bool,"micros":N}: what the reader did before
+//                                                      the catalog: stat(root/NAME), else a walk of the whole tree
 //   {"op":"files","run":R,"dir":"analysisResults"}  -> {"ok":true,"files":[...]}
 "use strict";
 const fs = require("fs");
+const fsp = require("fs/promises");
 const path = require("path");
 const zlib = require("zlib");
 const readline = require("readline");
@@ -33,8 +38,11 @@ function answer(request) {
     case "open":
       connection(request.run, request.db);
       return {};
-    case "count":
-      return { count: connection(request.run, request.db).prepare(`SELECT count(*) AS n FROM ${request.table}`).get().n };
+    case "count": {
+      const db = connection(request.run, request.db);
+      if (request.from === undefined) return { count: db.prepare(`SELECT count(*) AS n FROM ${request.table}`).get().n };
+      return { count: db.prepare(`SELECT count(*) AS n FROM ${request.table} WHERE id >= ?`).get(request.from).n };
+    }
     case "genome": {
       const row = connection(request.run, "genomes.sqlite").prepare("SELECT data FROM genomes WHERE id = ?").get(request.id);
       return { json: row ? JSON.parse(zlib.gunzipSync(row.data).toString()) : null };
@@ -50,6 +58,8 @@ function answer(request) {
       } catch (e) {}
       return { found, micros: Number(process.hrtime.bigint() - started) / 1000 };
     }
+    case "find":
+      return find(request.run);
     case "files":
       return { files: fs.readdirSync(path.join(root, request.run, request.dir)).sort() };
     default:
@@ -57,12 +67,36 @@ function answer(request) {
   }
 }
 
-readline.createInterface({ input: process.stdin }).on("line", (line) => {
-  let reply;
+// A run by name as kromosynth-evoruns finds one: `stat(root/NAME)`, else every run folder under the root, found by
+// walking it with `readdir` (a folder named like a run, `^[0-9A-Z]{26}_`, is not walked into), then the one named.
+async function find(run) {
+  const started = process.hrtime.bigint();
+  let found = false;
   try {
-    reply = { ok: true, ...answer(JSON.parse(line)) };
-  } catch (error) {
-    reply = { ok: false, error: String(error.message || error) };
+    found = (await fsp.stat(path.join(root, run))).isDirectory();
+  } catch (e) {}
+  if (!found) {
+    const runs = [];
+    const walk = async (folder) => {
+      for (const entry of await fsp.readdir(folder, { withFileTypes: true })) {
+        if (!entry.isDirectory()) continue;
+        if (/^[0-9A-Z]{26}_/.test(entry.name)) runs.push({ name: entry.name, path: path.join(folder, entry.name) });
+        else await walk(path.join(folder, entry.name));
+      }
+    };
+    await walk(root);
+    found = runs.some((r) => r.name === run);
   }
-  process.stdout.write(JSON.stringify(reply) + "\n");
+  return { found, micros: Number(process.hrtime.bigint() - started) / 1000 };
+}
+
+// One request at a time: the driver waits for each answer, so answers that take a promise stay in order.
+readline.createInterface({ input: process.stdin }).on("line", (line) => {
+  Promise.resolve()
+    .then(() => answer(JSON.parse(line)))
+    .then(
+      (answered) => ({ ok: true, ...answered }),
+      (error) => ({ ok: false, error: String(error.message || error) }),
+    )
+    .then((reply) => process.stdout.write(JSON.stringify(reply) + "\n"));
 });
