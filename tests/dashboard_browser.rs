@@ -9,6 +9,8 @@
 //! - an action with a forged or missing CSRF token, from another site on the same host, or after signing out is
 //!   refused, and the same action from the page itself works.
 //!
+//! - over TLS (a certificate made in the test), the session cookie is also `Secure`, and the live feed streams.
+//!
 //! Each test saves 1280×800 screenshots in `target/tmp/dashboard-screenshots/` (one is `docs/dashboard.png`).
 
 mod common;
@@ -34,6 +36,8 @@ const KEY_NAME: &str = "<b onmouseover=\"window.__xss = 'name'\">worker</b>";
 /// an API key for acme, sshd, and the service.
 struct Central {
     dir: tempfile::TempDir,
+    /// `https` when the service speaks TLS (with a certificate made in the test), else `http`.
+    scheme: &'static str,
     config: PathBuf,
     sshd: Sshd,
     service: Service,
@@ -45,6 +49,12 @@ struct Central {
 
 impl Central {
     fn start(name: &str) -> Central {
+        Central::start_with(name, false)
+    }
+
+    /// With `tls`, the service speaks TLS (`tls_cert`, `tls_key`) and no run is registered (the workers' API is then
+    /// HTTPS too, which this rig's plain client does not speak).
+    fn start_with(name: &str, tls: bool) -> Central {
         let dir = common::test_dir(name);
         let root = dir.path().to_owned();
         let config = root.join("evosync.yaml");
@@ -91,10 +101,20 @@ impl Central {
             keys.push((key, added["key"]["id"].as_str().unwrap().to_owned()));
         }
         let api_key = cli(&["api-key", "issue", "acme", "--name", KEY_NAME])["api_key"].as_str().unwrap().to_owned();
+        if tls {
+            let pki = common::Pki::new(&root, "tls");
+            let mut text = std::fs::read_to_string(&config).unwrap();
+            text.push_str(&format!("tls_cert: {}\ntls_key: {}\n", pki.cert.display(), pki.key.display()));
+            std::fs::write(&config, text).unwrap();
+        }
         let service = Service::start(&config, port);
         let beta_key = keys.pop().unwrap();
         let acme_key = keys.pop().unwrap();
-        let central = Central { dir, config, sshd, service, admin_token, api_key, acme_key, beta_key };
+        let scheme = if tls { "https" } else { "http" };
+        let central = Central { dir, scheme, config, sshd, service, admin_token, api_key, acme_key, beta_key };
+        if tls {
+            return central;
+        }
         let registration = json!({ "templateName": TEMPLATE, "ecosystemVariant": VARIANT, "startedAt": "2026-11-25" });
         let (status, _, body) = http(
             port,
@@ -108,7 +128,7 @@ impl Central {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.service.port)
+        format!("{}://127.0.0.1:{}{path}", self.scheme, self.service.port)
     }
 
     fn cli(&self, args: &[&str]) -> serde_json::Value {
@@ -349,6 +369,29 @@ fn markup_in_names_shows_as_text_and_never_runs() {
     assert!(browser.text(&format!("#ssh-key-{}", central.acme_key.1)).unwrap().contains(COMMENT));
     assert!(browser.text("#party-acme table.api-keys").unwrap().contains(KEY_NAME));
     browser.screenshot("parties");
+}
+
+#[test]
+fn over_tls_the_session_cookie_is_secure() {
+    let central = Central::start_with("dash-tls", true);
+    let browser = Browser::start_accepting_test_certificates("tls");
+    central.sign_in(&browser);
+    assert!(browser.url().starts_with("https://"), "{}", browser.url());
+    let cookies = browser.cookies();
+    let session = cookies.iter().find(|c| c["name"] == "evosync_dashboard").expect("the session cookie");
+    assert_eq!(
+        (&session["secure"], &session["httpOnly"], &session["sameSite"]),
+        (&json!(true), &json!(true), &json!("Strict"))
+    );
+    // The live feed's stream over TLS, and a push it shows.
+    browser.goto(&central.url("/dashboard/feed"));
+    let live =
+        |b: &Browser| b.script("return document.getElementById('live-status').dataset.state", json!([])) == "open";
+    browser.wait_for("the event stream to open", live);
+    let output = central.push(&central.acme_key.0, RUN);
+    assert!(output.status.success(), "the push: {}", said(&output));
+    browser.wait_for("the push in the feed", |b| live_rows(b, "push", RUN) > 0);
+    browser.screenshot("feed");
 }
 
 /// A page of another site on this host (another port): a form that posts to the dashboard, as an attacker's page

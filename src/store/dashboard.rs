@@ -48,16 +48,17 @@ pub struct PushRecord {
     pub verify_reason: Option<String>,
 }
 
-const PUSH_COLUMNS: &str =
-    "party, key_id, run, database, started_at, seconds, exit, replica_bytes, id, verified, verify_seconds, verify_reason";
+/// `ledger_row`'s columns first, then this file's.
+const PUSH_COLUMNS: &str = "party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, id, \
+                            verified, verify_seconds, verify_reason";
 
 fn push_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<PushRecord> {
     Ok(PushRecord {
         row: ledger_row(row)?,
-        id: row.get(8)?,
-        verified: row.get(9)?,
-        verify_seconds: row.get(10)?,
-        verify_reason: row.get(11)?,
+        id: row.get(9)?,
+        verified: row.get(10)?,
+        verify_seconds: row.get(11)?,
+        verify_reason: row.get(12)?,
     })
 }
 
@@ -254,6 +255,7 @@ mod tests {
                 seconds: 1.0,
                 exit: exit.into(),
                 replica_bytes: Some(bytes),
+                transport: crate::store::Transport::Ssh,
             })
             .unwrap();
     }

@@ -45,6 +45,16 @@ pub fn screenshot_dir() -> PathBuf {
 impl Browser {
     /// Starts chromedriver and a browser session; `test` names the screenshots.
     pub fn start(test: &str) -> Browser {
+        Browser::launch(test, false)
+    }
+
+    /// A browser that accepts the test's own certificate authority (WebDriver's `acceptInsecureCerts`), for a
+    /// service speaking TLS with a certificate made in the test.
+    pub fn start_accepting_test_certificates(test: &str) -> Browser {
+        Browser::launch(test, true)
+    }
+
+    fn launch(test: &str, accept_insecure_certificates: bool) -> Browser {
         for program in [CHROMIUM, CHROMEDRIVER] {
             assert!(Path::new(program).exists(), "{program} is missing: {SETUP_HINT}");
         }
@@ -69,20 +79,32 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let user_data = browser.profile.path().join("profile");
-        let capabilities = json!({ "capabilities": { "alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-dev-shm-usage", format!("--user-data-dir={}", user_data.display()),
-                    format!("--window-size={},{}", SCREEN.0, SCREEN.1),
-                ],
-            },
-        }}});
-        let created = browser.call("POST", "/session", capabilities).unwrap_or_else(|e| panic!("new session: {e}"));
+        // Chromium sometimes fails to start on a loaded machine ("session not created"): try a few times, each with a
+        // profile of its own (a failed start may leave its profile locked).
+        let mut attempt = 0;
+        let created = loop {
+            attempt += 1;
+            let user_data = browser.profile.path().join(format!("profile-{attempt}"));
+            let capabilities = json!({ "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "acceptInsecureCerts": accept_insecure_certificates,
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": [
+                        "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                        "--disable-dev-shm-usage", format!("--user-data-dir={}", user_data.display()),
+                        format!("--window-size={},{}", SCREEN.0, SCREEN.1),
+                    ],
+                },
+            }}});
+            match browser.call("POST", "/session", capabilities) {
+                Ok(created) => break created,
+                Err(e) if attempt < 3 => eprintln!("new session, attempt {attempt}: {e}; trying again"),
+                Err(e) => panic!("new session after {attempt} attempts: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
         browser.session = created["sessionId"].as_str().expect("a session id").to_owned();
         // Headless windows lose some of their height to the window frame; the page itself is made exactly 1280×800.
         browser.cdp(

@@ -35,6 +35,11 @@ impl Service {
             assert!(Instant::now() < deadline, "evosync serve did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The probe that answered is closed on our side at once and on the service's a moment later: wait for that,
+        // so that what a test counts of the service's sockets starts from its listeners alone.
+        while service.connections_on(port, &["01", "08"]) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         service
     }
 
@@ -70,6 +75,12 @@ impl Service {
 
     /// TCP connections the service holds open (established) on `port`, its own listener's port.
     pub fn established_on(&self, port: u16) -> usize {
+        self.connections_on(port, &["01"])
+    }
+
+    /// Connections on the service's `port` in one of the kernel's `states` (hex, as `/proc/net/tcp` writes them:
+    /// `01` established, `08` closed by the client and not yet by the service).
+    fn connections_on(&self, port: u16, states: &[&str]) -> usize {
         let mut count = 0;
         for table in ["tcp", "tcp6"] {
             let Ok(text) = std::fs::read_to_string(format!("/proc/{}/net/{table}", self.pid())) else { continue };
@@ -77,7 +88,7 @@ impl Service {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 let local_port =
                     fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-                if local_port == Some(port) && fields.get(3) == Some(&"01") {
+                if local_port == Some(port) && fields.get(3).is_some_and(|state| states.contains(state)) {
                     count += 1;
                 }
             }

@@ -15,7 +15,7 @@ use crate::serve::auth;
 use crate::serve::error::ApiError;
 use crate::serve::state::{blocking, Shared};
 use askama::Template;
-use axum::extract::{Path as UrlPath, Request, State};
+use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -45,9 +45,8 @@ fn sign_in_form(status: StatusCode, error: Option<String>, secure: bool) -> Answ
     Ok(response)
 }
 
-pub async fn sign_in_page(request: Request) -> Answer {
-    let secure = request.extensions().get::<super::session::OverTls>().is_some();
-    sign_in_form(StatusCode::OK, None, secure)
+pub async fn sign_in_page(State(state): State<Shared>) -> Answer {
+    sign_in_form(StatusCode::OK, None, super::session::over_tls(&state))
 }
 
 /// Checks the admin token (argon2 at most once per token and secret in the verifier's window, failures limited per

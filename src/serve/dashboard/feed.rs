@@ -11,7 +11,7 @@
 use super::pages::{bytes, clip, seconds, when};
 use super::session::SignedIn;
 use crate::serve::state::{blocking, Shared};
-use crate::store::{AuditRecord, Store, StoreError};
+use crate::store::{AuditRecord, Store, StoreError, Transport};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
@@ -164,6 +164,14 @@ fn audit_event(record: &AuditRecord) -> Option<serde_json::Value> {
         "party": record.party, "subject": record.subject, "at": record.at }))
 }
 
+/// How a push came, when not over plain SSH.
+fn tunnelled(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Ssh => "",
+        Transport::WebSocket => " (through the tunnel)",
+    }
+}
+
 /// A record of note as a row of the server-rendered feed (`recent_notable_audit` chose it).
 fn audit_item(record: AuditRecord) -> FeedItem {
     let detail = clip(&record.detail, MESSAGE_CHARS);
@@ -273,10 +281,11 @@ pub fn recent(state: &Shared, store: &Store, limit: usize) -> Result<Vec<FeedIte
             party: row.party,
             run: row.run,
             text: format!(
-                "{}: exit {} after {}, replica {size}{verdict}",
+                "{}: exit {} after {}, replica {size}{verdict}{}",
                 row.database,
                 row.exit,
-                seconds(row.seconds)
+                seconds(row.seconds),
+                tunnelled(row.transport)
             ),
         });
     }

@@ -20,9 +20,6 @@ mod views;
 mod tests;
 
 pub use feed::Feed;
-/// For the TLS listener: a request carrying it gets `Secure` cookies.
-#[allow(unused_imports)]
-pub use session::OverTls;
 pub use session::Sessions;
 
 use crate::serve::state::Shared;

@@ -42,10 +42,6 @@ pub const MAX_COOKIE_BYTES: usize = 8 * 1024;
 /// The largest form an action or the sign-in may send.
 pub const MAX_FORM_BYTES: usize = 8 * 1024;
 
-/// Put in a request's extensions by a listener that speaks TLS: the dashboard's cookies are then `Secure`.
-#[derive(Debug, Clone, Copy)]
-pub struct OverTls;
-
 /// Random ids are 32 bytes from the OS, in hex.
 fn random_hex() -> String {
     let mut bytes = [0u8; 32];
@@ -229,8 +225,10 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> Header
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
-pub fn over_tls(parts: &Parts) -> bool {
-    parts.extensions.get::<OverTls>().is_some()
+/// Cookies are `Secure` when the service speaks TLS: with `tls_cert` set, the one listener that serves the dashboard
+/// takes TLS connections only (`serve::tls`), so every request came over TLS.
+pub fn over_tls(state: &Shared) -> bool {
+    state.config.tls_cert.is_some()
 }
 
 /// Refuses a request a browser says came from another site (`Sec-Fetch-Site`), or whose `Origin` is not this host.
@@ -325,7 +323,7 @@ impl<F: DeserializeOwned + Send> FromRequest<Shared> for Action<F> {
         if !same_token(&form.csrf, &session.csrf) {
             return Err(ApiError::Csrf.into());
         }
-        Ok(Action { session, form: form.fields, secure: over_tls(&parts) })
+        Ok(Action { session, form: form.fields, secure: over_tls(state) })
     }
 }
 
@@ -367,7 +365,7 @@ impl FromRequest<Shared> for SignInForm {
         let (parts, body) = request.into_parts();
         let expected = cookie(&parts.headers, SIGN_IN_COOKIE)?.filter(|v| is_random_hex(v)).map(str::to_owned);
         let previous = signed_in(&parts, state).await.ok();
-        let secure = over_tls(&parts);
+        let secure = over_tls(state);
         let client = auth::client_address(&parts);
         let fields: SignInFields = read_form(&parts.headers, body).await?;
         match expected {

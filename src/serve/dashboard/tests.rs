@@ -8,7 +8,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::serve::router;
 use crate::serve::state::{AppState, Shared};
-use crate::store::{LedgerRow, Store};
+use crate::store::{LedgerRow, Store, Transport};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use tower::ServiceExt;
@@ -60,11 +60,15 @@ impl Answer {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_config("")
+    }
+
+    fn with_config(extra: &str) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         let text = format!(
             "replica_root: {0}/replicas\npolicies_dir: {0}/policies\nstate_dir: {0}/state\n\
-             sqlite3_rsync: /usr/local/bin/sqlite3_rsync\n",
+             sqlite3_rsync: /usr/local/bin/sqlite3_rsync\n{extra}",
             root.display()
         );
         for folder in ["replicas", "policies", "state"] {
@@ -97,6 +101,7 @@ impl Rig {
                 seconds: 0.4,
                 exit: "0".into(),
                 replica_bytes: Some(4096),
+                transport: Transport::Ssh,
             })
             .unwrap();
         drop(admin);
@@ -228,12 +233,16 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_refuses_bad_tokens_and_forge
 
 #[tokio::test]
 async fn under_tls_the_cookies_are_secure() {
-    let rig = Rig::new();
-    let mut request = Request::builder().uri("/dashboard/sign-in").body(Body::empty()).unwrap();
-    request.extensions_mut().insert(super::OverTls);
-    let response = router(rig.state.clone()).oneshot(request).await.unwrap();
-    let cookie = response.headers()[header::SET_COOKIE].to_str().unwrap().to_owned();
-    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    // The router does not read the files; `evosync serve` loads them before it listens.
+    let rig = Rig::with_config("tls_cert: /etc/evosync/tls/cert.pem\ntls_key: /etc/evosync/tls/key.pem\n");
+    let signed_in = rig.sign_in_with(&rig.token).await;
+    for name in [SESSION_COOKIE, SIGN_IN_COOKIE] {
+        let cookie = signed_in.set_cookie(name).unwrap();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+    }
+    let (cookie, csrf) = rig.session().await;
+    let signed_out = rig.post_form("/dashboard/sign-out", &cookie, &format!("csrf={csrf}"), &[]).await;
+    assert!(signed_out.set_cookie(SESSION_COOKIE).unwrap().ends_with("Max-Age=0; Secure"));
 }
 
 #[tokio::test]

@@ -550,6 +550,8 @@ fn run_row(
 struct PushRow {
     when: String,
     database: String,
+    /// `ssh`, or `websocket` through the tunnel.
+    transport: &'static str,
     exit: String,
     ok: bool,
     duration: String,
@@ -610,6 +612,7 @@ pub async fn run(session: SignedIn, State(state): State<Shared>, UrlPath(name): 
             .map(|push| PushRow {
                 when: when(push.row.started_at),
                 database: push.row.database.clone(),
+                transport: push.row.transport.name(),
                 exit: push.row.exit.clone(),
                 ok: push.row.exit == "0",
                 duration: seconds(push.row.seconds),
@@ -742,6 +745,7 @@ mod tests {
                 seconds: 1.0,
                 exit: "0".into(),
                 replica_bytes: Some(1),
+                transport: crate::store::Transport::Ssh,
             },
             verified: None,
             verify_seconds: None,
