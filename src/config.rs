@@ -53,6 +53,10 @@ pub struct Config {
     /// pushes are still verified).
     #[serde(default)]
     pub catalog_root: Option<PathBuf>,
+    /// Where the verified copies the catalog links to live, one folder per run (default: beside `catalog_root`,
+    /// named after it with `-verified`).
+    #[serde(default)]
+    pub verified_root: Option<PathBuf>,
     /// The group whose accounts read the catalog (and, through it, the party trees), read-only. A group of its own:
     /// the service's group also opens the state store, which no reader may.
     #[serde(default = "default_catalog_group")]
@@ -222,6 +226,7 @@ impl Config {
             ("authorized_keys", &config.authorized_keys),
             ("gate_socket", &config.gate_socket),
             ("catalog_root", &config.catalog_root),
+            ("verified_root", &config.verified_root),
             ("locks_dir", &config.locks_dir),
             ("sync_cgroup", &config.sync_cgroup),
             ("tls_cert", &config.tls_cert),
@@ -297,6 +302,16 @@ impl Config {
     /// Where the gates keep their per-replica and per-party lock files.
     pub fn locks_dir(&self) -> PathBuf {
         self.locks_dir.clone().unwrap_or_else(|| self.state_dir.join("locks"))
+    }
+
+    /// Where the verified copies are, when there is a catalog.
+    pub fn verified_root(&self) -> Option<PathBuf> {
+        let catalog = self.catalog_root.as_ref()?;
+        Some(self.verified_root.clone().unwrap_or_else(|| {
+            let name =
+                catalog.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
+            catalog.with_file_name(format!("{name}-verified"))
+        }))
     }
 
     /// The broker socket between the gates and the service.

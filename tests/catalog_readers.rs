@@ -230,6 +230,23 @@ fn hostile_databases_are_refused_with_their_reason_never_published_and_the_reade
         .unwrap();
     assert_eq!(withdrawals, 1);
 
+    // A reader holding its connection while a push swaps `genomes` for a recursive-CTE view: the push is refused
+    // and the reader, which reads the verified copy, never sees it: it keeps answering from the last verified rows.
+    let bomb = "DROP TABLE genomes; CREATE VIEW genomes AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 \
+                FROM c) SELECT printf('%026d', x) AS id, zeroblob(10) AS data FROM c;";
+    let swapped = work.join("swapped.sqlite");
+    std::fs::copy(&good, &swapped).unwrap();
+    rusqlite::Connection::open(&swapped).unwrap().execute_batch(bomb).unwrap();
+    let _ = central.push("acme", &swapped, good_run, "genomes.sqlite");
+    assert!(
+        matches!(central.verdict(good_run, "genomes.sqlite"), Some((false, Some(why))) if why.contains("view 'genomes'"))
+    );
+    assert!(!central.published(good_run), "withdrawn");
+    let (answer, took) =
+        fresh.ask(serde_json::json!({ "op": "count", "run": good_run, "db": "genomes.sqlite", "table": "genomes" }));
+    assert_eq!(answer["count"], 20, "the open connection still reads the verified copy: {answer}");
+    assert!(took < Duration::from_secs(5), "and it answers at once ({took:?})");
+
     // The audit trail and the checks agree; the catalog has drifted nowhere.
     let (ok, drift, said) = evosync_json(&central.config, &["catalog", "check"]);
     assert!(ok, "{said} {drift}");

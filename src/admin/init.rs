@@ -98,6 +98,9 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
     if let Some(catalog) = &config.catalog_root {
         make_catalog(catalog, &config.catalog_group)?;
     }
+    if let Some(verified) = config.verified_root() {
+        make_catalog(&verified, &config.catalog_group)?;
+    }
     if let Some(folder) = config.gate_socket().parent() {
         if !folder.exists() {
             make_folder(folder, 0o755, false)?;

@@ -260,6 +260,28 @@ impl<'a> Admin<'a> {
             .map_err(io(format!("giving the group {group} read access to {}", root.display())))
     }
 
+    /// Makes the verified copy of every replica whose last check passed and whose copy is missing (a catalog set up
+    /// after the pushes, a copy removed by hand), each under its replica's lock.
+    fn restore_copies(&self) -> Result<()> {
+        let Some(verified) = self.config.verified_root() else { return Ok(()) };
+        let wait = std::time::Duration::from_secs(self.config.lock_wait_seconds);
+        for v in self.store.verifications(None)?.into_iter().filter(|v| v.ok) {
+            if crate::catalog::copies::copy_path(&verified, &v.run, &v.database).is_file() {
+                continue;
+            }
+            let held = crate::fs::locks::replica(&self.config.locks_dir(), &v.party, &v.run, &v.database, wait)
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            if held.is_none() {
+                return Err(AdminError::Invalid(format!(
+                    "a push of {}/{} holds it; try again later",
+                    v.run, v.database
+                )));
+            }
+            crate::catalog::copies::refresh(self.config, &v.party, &v.run, &v.database).map_err(AdminError::Invalid)?;
+        }
+        Ok(())
+    }
+
     /// The catalog against the verdicts in the store: what differs, mended with `repair` (which also gives the
     /// readers' group read access to every party tree again).
     pub fn check_catalog(&self, repair: bool) -> Result<crate::catalog::reconcile::Drift> {
@@ -268,6 +290,9 @@ impl<'a> Admin<'a> {
         })?;
         let catalog =
             crate::catalog::publish::Catalog::open(root).map_err(io(format!("opening {}", root.display())))?;
+        if repair {
+            self.restore_copies()?;
+        }
         let expected = crate::catalog::reconcile::expected(&self.store, self.config, now(), None)?;
         let drift = crate::catalog::reconcile::reconcile(&catalog, &expected, repair, None)
             .map_err(io(format!("mending {}", root.display())))?;

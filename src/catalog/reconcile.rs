@@ -80,11 +80,21 @@ pub fn expected(
     Ok(runs)
 }
 
-/// The links of a published run: its verified databases, and those of its folders that exist.
+/// The links of a published run: the verified copies of its databases, and those of its folders (in the party's
+/// tree) that exist.
 pub fn links(config: &Config, party: &str, run: &str, databases: &[String]) -> Links {
-    let root = std::fs::canonicalize(&config.replica_root).unwrap_or_else(|_| config.replica_root.clone());
-    let folder = root.join(party).join(run);
-    let mut links: Links = databases.iter().map(|d| (d.clone(), folder.join(d))).collect();
+    let replicas = std::fs::canonicalize(&config.replica_root).unwrap_or_else(|_| config.replica_root.clone());
+    let folder = replicas.join(party).join(run);
+    let mut links = Links::new();
+    if let Some(verified) = config.verified_root() {
+        let verified = std::fs::canonicalize(&verified).unwrap_or(verified);
+        for database in databases {
+            let copy = super::copies::copy_path(&verified, run, database);
+            if copy.is_file() {
+                links.insert(database.clone(), copy);
+            }
+        }
+    }
     for name in RUN_FOLDERS {
         if folder.join(name).is_dir() {
             links.insert(name.to_owned(), folder.join(name));

@@ -185,8 +185,10 @@ impl RunFolder {
 
     /// Puts back an empty `-wal` and `-shm` beside `database` where SQLite removed them (its last connection closing
     /// does): a reader that may not create files opens a WAL database read-only only while both exist. Empty ones are
-    /// what SQLite itself leaves after a checkpoint; the next connection fills them in.
-    pub fn keep_wal_companions(&self, database: &str) -> Result<(), ConfineError> {
+    /// what SQLite itself leaves after a checkpoint; the next connection fills them in. `group_writes` when someone
+    /// other than the database's owner puts them back in a folder shared through its group (the service in a
+    /// per-party tree): the owner's next push must still be able to write them.
+    pub fn keep_wal_companions(&self, database: &str, group_writes: bool) -> Result<(), ConfineError> {
         let Some(stat) =
             sys::stat_in(&self.fd, database).map_err(|errno| io(format!("a look at '{database}'"), errno))?
         else {
@@ -195,9 +197,13 @@ impl RunFolder {
         if !sys::is_regular_file(&stat) {
             return Ok(());
         }
+        let mode = (stat.st_mode & 0o666) | if group_writes { 0o060 } else { 0 };
         for suffix in ["-wal", "-shm"] {
             let name = format!("{database}{suffix}");
-            match sys::create_file_in(&self.fd, &name, stat.st_mode & 0o666) {
+            match sys::create_file_in(&self.fd, &name, mode) {
+                // As SQLite does: companions root makes belong to the database's owner, who writes them next.
+                Ok(file) if sys::is_root() => sys::give_to(&file, (stat.st_uid, stat.st_gid))
+                    .map_err(|e| io(format!("giving '{name}' to the database's owner"), io_errno(&e)))?,
                 Ok(_) | Err(Errno::EEXIST) => {}
                 Err(errno) => return Err(io(format!("creating '{name}'"), errno)),
             }

@@ -402,7 +402,7 @@ fn act(
     let after = folder.database_size(database);
     if pushing {
         // Still under the replica lock, before anyone verifies or reads what was pushed.
-        if let Err(error) = folder.keep_wal_companions(database) {
+        if let Err(error) = folder.keep_wal_companions(database, false) {
             recorder.store_error(error);
         }
     }

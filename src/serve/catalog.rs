@@ -6,6 +6,7 @@
 
 use super::error::ApiError;
 use super::state::{blocking, AppState, Shared};
+use crate::catalog::copies;
 use crate::catalog::inspect::Verdict;
 use crate::catalog::publish::Catalog;
 use crate::catalog::reconcile::{self, Drift, Publication};
@@ -28,11 +29,20 @@ pub fn open(config: &crate::config::Config) -> std::io::Result<Option<Catalog>> 
 
 /// Verifies a replica that was just pushed (its gate holds the lock) and publishes or withdraws its run.
 pub async fn after_push(state: &Shared, party: &str, run: &str, database: &str, ledger_id: Option<i64>) -> Verdict {
+    keep_companions(state, party, run, database);
     let verdict = inspect(state, party, run, database).await;
     let (party, run, database) = (party.to_owned(), run.to_owned(), database.to_owned());
     let recorded = verdict.clone();
     let done = blocking(state, move |state, store| {
         record(state, store, &party, &run, &database, &recorded, ledger_id)?;
+        // What passed reaches readers through its copy; a failed copy leaves the last verified one in place.
+        if recorded.ok && state.catalog.is_some() {
+            if let Err(error) = copies::refresh(&state.config, &party, &run, &database) {
+                Line::of(SERVE).field("event", "catalog-error").field("run", &run).field("error", error).to_stderr();
+            }
+            // The copy's transfer was the replica's last connection: SQLite took its -wal and -shm away.
+            keep_companions(state, &party, &run, &database);
+        }
         refresh(state, store, Some(&run))
     })
     .await;
@@ -169,6 +179,17 @@ fn refresh(state: &AppState, store: &Store, only: Option<&str>) -> Result<Drift,
         }
     }
     Ok(drift)
+}
+
+/// The replica's `-wal` and `-shm`, back in place where SQLite removed them: the read-only check opens it only
+/// while both exist (the gate puts them back after its push; whoever reads the replica after must too).
+fn keep_companions(state: &AppState, party: &str, run: &str, database: &str) {
+    let tree = state.replica_root().and_then(|root| crate::fs::confine::PartyTree::open_in(&root, party));
+    let folder = tree.and_then(|tree| tree.existing_run_folder(run));
+    let group_writes = state.config.account_mode == crate::config::AccountMode::PerParty;
+    if let Err(error) = folder.and_then(|f| f.map_or(Ok(()), |f| f.keep_wal_companions(database, group_writes))) {
+        Line::of(SERVE).field("event", "catalog-error").field("run", run).field("error", error).to_stderr();
+    }
 }
 
 fn party_of(store: &Store, run: &str) -> String {
