@@ -6,6 +6,7 @@
 mod common;
 
 use common::{evosync_json, http, Central, Reader, READER_ACCOUNT};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -102,6 +103,24 @@ fn a_reader_in_the_catalog_group_reads_every_partys_verified_runs_and_sees_each_
         .output()
         .unwrap();
     assert!(!output.status.success(), "a party account cannot list the catalog");
+
+    // Copies that left the readers' group (as a folder without its setgid bit once made them) cannot be read; the
+    // repair gives them back, and a reader opens them again.
+    let copies = central.root().join("catalog-verified").join(RUN_B);
+    let service_group = nix::unistd::Group::from_name("evosync").unwrap().unwrap().gid.as_raw();
+    for entry in std::fs::read_dir(&copies).unwrap() {
+        std::os::unix::fs::chown(entry.unwrap().path(), None, Some(service_group)).unwrap();
+    }
+    std::os::unix::fs::chown(&copies, None, Some(service_group)).unwrap();
+    std::fs::set_permissions(&copies, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let mut fresh = Reader::start(&central.root().join("catalog"));
+    assert_eq!(fresh.count(RUN_B, "genomes.sqlite", "genomes")["ok"], false, "out of the readers' group");
+    let (ok, _, said) = evosync_json(&central.config, &["catalog", "check", "--repair"]);
+    assert!(ok, "{said}");
+    let mut fresh = Reader::start(&central.root().join("catalog"));
+    assert_eq!(fresh.count(RUN_B, "genomes.sqlite", "genomes")["count"], 100, "mended");
+    central.push_ok("beta", &genomes_b, RUN_B, "genomes.sqlite");
+    assert_eq!(fresh.count(RUN_B, "genomes.sqlite", "genomes")["count"], 100);
 }
 
 #[test]

@@ -261,12 +261,15 @@ impl<'a> Admin<'a> {
     }
 
     /// Makes the verified copy of every replica whose last check passed and whose copy is missing (a catalog set up
-    /// after the pushes, a copy removed by hand), each under its replica's lock.
+    /// after the pushes, a copy removed by hand), each under its replica's lock; gives the present ones their owner,
+    /// group and modes again.
     fn restore_copies(&self) -> Result<()> {
         let Some(verified) = self.config.verified_root() else { return Ok(()) };
         let wait = std::time::Duration::from_secs(self.config.lock_wait_seconds);
         for v in self.store.verifications(None)?.into_iter().filter(|v| v.ok) {
             if crate::catalog::copies::copy_path(&verified, &v.run, &v.database).is_file() {
+                // Present: only its owner, group and modes are mended.
+                crate::catalog::copies::settle(&verified, &v.run, &v.database).map_err(AdminError::Invalid)?;
                 continue;
             }
             let held = crate::fs::locks::replica(&self.config.locks_dir(), &v.party, &v.run, &v.database, wait)

@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::fs::sys;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,9 +26,13 @@ pub fn refresh(config: &Config, party: &str, run: &str, database: &str) -> Resul
     let folder = root.join(run);
     let copy = folder.join(database);
     if !folder.is_dir() {
-        std::fs::create_dir(&folder)
+        // No chmod after: `verified_root` is setgid to the readers' group, so the new folder inherits that group and
+        // the setgid bit, and a chmod by the service's account (not in that group) would clear the bit again, leaving
+        // the copies in the service's own group, out of the readers' reach.
+        std::fs::DirBuilder::new()
+            .mode(0o750)
+            .create(&folder)
             .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
-            .and_then(|()| std::fs::set_permissions(&folder, std::os::unix::fs::PermissionsExt::from_mode(0o2750)))
             .map_err(|e| format!("cannot make {}: {e}", folder.display()))?;
     }
     let program = &config.sqlite3_rsync;
@@ -64,15 +69,24 @@ pub fn refresh(config: &Config, party: &str, run: &str, database: &str) -> Resul
     if !status.success() || said.contains("ERROR") {
         return Err(format!("copying {run}/{database} failed ({status}): {}", said.trim()));
     }
-    settle(&folder, database)?;
+    settle(&root, run, database)?;
     Ok(copy)
 }
 
-/// The copy and its WAL companions as readers need them: group-readable, and `-wal`/`-shm` present (a read-only
-/// reader opens a WAL database only while both exist; SQLite removes them when its last connection closes). Made by
-/// root (`catalog check --repair`), they are given to the service's account, which updates them after.
-fn settle(folder: &Path, database: &str) -> Result<(), String> {
-    let dir = sys::open_dir(folder).map_err(|e| format!("cannot open {}: {e}", folder.display()))?;
+/// The copy and its WAL companions as readers need them: in the readers' group (`verified_root`'s), group-readable,
+/// and `-wal`/`-shm` present (a read-only reader opens a WAL database only while both exist; SQLite removes them
+/// when its last connection closes). Made or mended by root (`catalog check --repair`), they are given to the
+/// service's account, which updates them after; the service itself cannot change a group it is not in, so it says
+/// what is wrong instead.
+pub fn settle(verified_root: &Path, run: &str, database: &str) -> Result<(), String> {
+    let folder = verified_root.join(run);
+    let gid_of = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let readers = gid_of(verified_root)?;
+    let dir = sys::open_dir(&folder).map_err(|e| format!("cannot open {}: {e}", folder.display()))?;
     for suffix in ["-wal", "-shm"] {
         match sys::create_file_in(&dir, &format!("{database}{suffix}"), 0o640) {
             Ok(_) | Err(nix::errno::Errno::EEXIST) => {}
@@ -80,15 +94,21 @@ fn settle(folder: &Path, database: &str) -> Result<(), String> {
         }
     }
     let owner = sys::is_root().then(|| sys::account_ids(crate::config::SHARED_ACCOUNT)).flatten();
+    let uid = owner.map(|(uid, _)| uid).unwrap_or_else(|| sys::effective_ids().0);
+    if owner.is_some() {
+        sys::give_path(&folder, (uid, readers), 0o2750).map_err(|e| e.to_string())?;
+    }
     for name in [database.to_owned(), format!("{database}-wal"), format!("{database}-shm")] {
         let path = folder.join(&name);
-        let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(folder).map_err(|e| e.to_string())?);
-        let ids = owner.map(|(uid, _)| (uid, gid)).unwrap_or_else(|| (sys::effective_ids().0, gid));
-        sys::give_path(&path, ids, 0o640).map_err(|e| format!("cannot settle {}: {e}", path.display()))?;
-    }
-    if let Some((uid, _)) = owner {
-        let gid = std::os::unix::fs::MetadataExt::gid(&std::fs::metadata(folder).map_err(|e| e.to_string())?);
-        sys::give_path(folder, (uid, gid), 0o2750).map_err(|e| e.to_string())?;
+        sys::give_path(&path, (uid, readers), 0o640).map_err(|e| format!("cannot settle {}: {e}", path.display()))?;
+        if gid_of(&path)? != readers {
+            return Err(format!(
+                "{} is not in the readers' group of {} (its folder lost the setgid bit?): run `evosync catalog check \
+                 --repair` as root",
+                path.display(),
+                verified_root.display()
+            ));
+        }
     }
     Ok(())
 }

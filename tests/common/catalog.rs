@@ -80,7 +80,9 @@ impl Central {
         let (ok, issued, said) = evosync_json(&config, &["api-key", "issue", "acme"]);
         assert!(ok, "{said}");
         let api_key = issued["api_key"].as_str().unwrap().to_owned();
-        let service = Service::start(&config, port);
+        // As in production: the verified copies and the catalog are then made by an account outside the readers'
+        // group, which is what decides their groups and modes.
+        let service = Service::start_as_service_account(&config, port);
         Central { dir, config, sshd, service, keys, api_key, admin_token }
     }
 

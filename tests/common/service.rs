@@ -19,8 +19,19 @@ impl Service {
     /// Starts `evosync serve` for `config` (whose `listen` must name `port`) and waits until it answers. Its log
     /// lines go to `serve.log` beside the config (see `log`).
     pub fn start(config: &Path, port: u16) -> Service {
+        Service::launch(config, port, Command::new(env!("CARGO_BIN_EXE_evosync")))
+    }
+
+    /// Runs it as the `evosync` account with that account's groups, as `systemd/evosync.service` does.
+    pub fn start_as_service_account(config: &Path, port: u16) -> Service {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=evosync", "--regid=evosync", "--init-groups", env!("CARGO_BIN_EXE_evosync")]);
+        Service::launch(config, port, command)
+    }
+
+    fn launch(config: &Path, port: u16, mut command: Command) -> Service {
         let log = config.with_file_name(format!("serve-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_evosync"))
+        let child = command
             .arg("--config")
             .arg(config)
             .arg("serve")
