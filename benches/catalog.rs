@@ -143,7 +143,7 @@ fn pushes(central: &Central, origin: &Path, megabytes: u64, rounds: usize) {
     println!(
         "  (wall: the client's start to its exit; gate: sqlite3_rsync in the gate (ledger seconds); verify: the \
          check's child (ledger verify_seconds);\n   rest: wall - gate - verify (ssh, the gate, the service's \
-         bookkeeping); seen-exit: when the reader's open connection first counted the new rows, from the client's \
+         bookkeeping, and the verified copy's refresh from the replica); seen-exit: when the reader's open connection first counted the new rows, from the client's \
          exit,\n   negative = before it)"
     );
     drop(reader);

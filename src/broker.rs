@@ -9,7 +9,7 @@
 //! Framing: one JSON object per line each way, a line at most `MAX_LINE` bytes. The protocol types and the peer rule
 //! live here because both wings speak them: `gate::central` (blocking client) and `serve::broker` (tokio server).
 
-use crate::store::Transport;
+use crate::store::LedgerRow;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -39,7 +39,7 @@ pub enum Request {
     /// One record for the hash-chained audit trail.
     Audit { party: String, actor: String, subject: String, outcome: String, detail: String },
     /// The push has ended: its ledger row. Releases the reservation.
-    Finish { ledger: PushRecord },
+    Finish { ledger: LedgerRow },
     /// Did the SSH session from `client` to `server` (sshd's `SSH_CONNECTION`) come through the service's tunnel,
     /// and with whose API key? Changes nothing.
     Transport { client: SocketAddr, server: SocketAddr },
@@ -57,22 +57,6 @@ impl Request {
             Request::Finish { ledger } => Some(&ledger.party),
         }
     }
-}
-
-/// A push's ledger row as the gate reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushRecord {
-    pub party: String,
-    pub key_id: Option<String>,
-    pub run: String,
-    pub database: String,
-    pub started_at: i64,
-    pub seconds: f64,
-    pub exit: String,
-    pub replica_bytes: Option<u64>,
-    #[serde(default)]
-    pub transport: Transport,
 }
 
 /// Whose a run is, on the wire (`access::RunOwner`).

@@ -11,7 +11,7 @@
 
 use super::refusal::{Refusal, RefusalCode};
 use crate::access::{self, ClaimError, Headroom, KeyState, OverQuota, RunOwner, Usage};
-use crate::broker::{self, Answer, KeyRefusal, Owner, PushRecord, QuotaRefusal, Request};
+use crate::broker::{self, Answer, KeyRefusal, Owner, QuotaRefusal, Request};
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, PartyTree};
 use crate::fs::locks;
@@ -222,17 +222,7 @@ impl Central {
     pub fn finish(&self, row: &LedgerRow) -> Result<(), String> {
         match self {
             Central::Service(broker) => {
-                let ledger = PushRecord {
-                    party: row.party.clone(),
-                    key_id: row.key_id.clone(),
-                    run: row.run.clone(),
-                    database: row.database.clone(),
-                    started_at: row.started_at,
-                    seconds: row.seconds,
-                    exit: row.exit.clone(),
-                    replica_bytes: row.replica_bytes,
-                    transport: row.transport,
-                };
+                let ledger = row.clone();
                 // The service checks the replica before it answers: as long as the check's own budget, and then some.
                 let wait = Duration::from_secs(broker.verify_seconds.saturating_add(60));
                 expect_done(broker.ask_within(&Request::Finish { ledger }, wait)?)

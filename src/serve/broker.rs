@@ -6,7 +6,7 @@
 
 use super::state::{blocking, Shared};
 use crate::access::{self, ClaimError, KeyState, OverQuota, Reserved, RunOwner};
-use crate::broker::{self, Answer, KeyRefusal, Owner, Peer, PushRecord, QuotaRefusal, Request};
+use crate::broker::{self, Answer, KeyRefusal, Owner, Peer, QuotaRefusal, Request};
 use crate::fs::confine::PartyTree;
 use crate::fs::sys;
 use crate::log::{Line, SERVE};
@@ -194,18 +194,7 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
 
 /// A push has ended: its ledger row, its room back, then its replica checked and its run published or withdrawn,
 /// all before the gate, which waits for this answer, lets the next push of the replica in.
-async fn finish(state: &Shared, ledger: PushRecord, held: &mut Vec<Reserved>) -> Answer {
-    let row = LedgerRow {
-        party: ledger.party,
-        key_id: ledger.key_id,
-        run: ledger.run,
-        database: ledger.database,
-        started_at: ledger.started_at,
-        seconds: ledger.seconds,
-        exit: ledger.exit,
-        replica_bytes: ledger.replica_bytes,
-        transport: ledger.transport,
-    };
+async fn finish(state: &Shared, row: LedgerRow, held: &mut Vec<Reserved>) -> Answer {
     let (party, run, database) = (row.party.clone(), row.run.clone(), row.database.clone());
     let id = match blocking(state, move |_, store| Ok(store.record_sync(&row)?)).await {
         Ok(id) => id,

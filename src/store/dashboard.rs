@@ -8,6 +8,7 @@
 
 use super::audit_chain::audit_row;
 use super::ledger::ledger_row;
+use super::runs::{file_record, FILE_COLUMNS};
 use super::{AuditRecord, FileRecord, LedgerRow, Result, Store};
 use rusqlite::{params, OptionalExtension};
 
@@ -185,24 +186,10 @@ impl Store {
 
     /// The newest analysis files stored, newest first.
     pub fn recent_uploads(&self, limit: u32) -> Result<Vec<FileRecord>> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT party, run, subdir, name, size, mtime_ns, sha256, stored_at FROM analysis_files \
-             ORDER BY stored_at DESC LIMIT ?1",
-        )?;
-        let rows = statement
-            .query_map([limit], |r| {
-                Ok(FileRecord {
-                    party: r.get(0)?,
-                    run: r.get(1)?,
-                    subdir: r.get(2)?,
-                    name: r.get(3)?,
-                    size: r.get::<_, i64>(4)?.max(0) as u64,
-                    mtime_ns: r.get(5)?,
-                    sha256: r.get(6)?,
-                    stored_at: r.get(7)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut statement = self
+            .conn
+            .prepare_cached(&format!("SELECT {FILE_COLUMNS} FROM analysis_files ORDER BY stored_at DESC LIMIT ?1"))?;
+        let rows = statement.query_map([limit], file_record)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 

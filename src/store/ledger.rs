@@ -4,7 +4,9 @@
 use super::{Result, Store};
 use rusqlite::params;
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// Also the gate's message to the service when a push ends (`broker::Request::Finish`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LedgerRow {
     pub party: String,
     pub key_id: Option<String>,
@@ -14,6 +16,7 @@ pub struct LedgerRow {
     pub seconds: f64,
     pub exit: String,
     pub replica_bytes: Option<u64>,
+    #[serde(default)]
     pub transport: Transport,
 }
 

@@ -27,6 +27,23 @@ pub struct FileRecord {
     pub stored_at: i64,
 }
 
+/// The columns a `FileRecord` is read from, in its order.
+pub(super) const FILE_COLUMNS: &str = "party, run, subdir, name, size, mtime_ns, sha256, stored_at";
+
+/// One row of `FILE_COLUMNS`.
+pub(super) fn file_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        party: r.get(0)?,
+        run: r.get(1)?,
+        subdir: r.get(2)?,
+        name: r.get(3)?,
+        size: r.get::<_, i64>(4)?.max(0) as u64,
+        mtime_ns: r.get(5)?,
+        sha256: r.get(6)?,
+        stored_at: r.get(7)?,
+    })
+}
+
 impl Store {
     /// Claims `run` for `party`: `Ok(true)` when newly claimed, `Ok(false)` when the party had it already.
     pub fn claim_run(&self, party: &str, run: &str) -> Result<bool> {
@@ -101,24 +118,10 @@ impl Store {
 
     /// What the store remembers of the files in one folder.
     pub fn files_in(&self, party: &str, run: &str, subdir: &str) -> Result<Vec<FileRecord>> {
-        let mut statement = self.conn.prepare_cached(
-            "SELECT party, run, subdir, name, size, mtime_ns, sha256, stored_at FROM analysis_files \
-             WHERE party = ?1 AND run = ?2 AND subdir = ?3",
-        )?;
-        let rows = statement
-            .query_map([party, run, subdir], |r| {
-                Ok(FileRecord {
-                    party: r.get(0)?,
-                    run: r.get(1)?,
-                    subdir: r.get(2)?,
-                    name: r.get(3)?,
-                    size: r.get::<_, i64>(4)?.max(0) as u64,
-                    mtime_ns: r.get(5)?,
-                    sha256: r.get(6)?,
-                    stored_at: r.get(7)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut statement = self.conn.prepare_cached(&format!(
+            "SELECT {FILE_COLUMNS} FROM analysis_files WHERE party = ?1 AND run = ?2 AND subdir = ?3"
+        ))?;
+        let rows = statement.query_map([party, run, subdir], file_record)?.collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
