@@ -57,6 +57,27 @@ impl Request {
             Request::Finish { ledger } => Some(&ledger.party),
         }
     }
+
+    /// Are the names it carries what a gate sends: a party name, runs and databases single plain path segments?
+    /// The service uses them in paths and keys, so a peer that sends others (only a broken or subverted gate would)
+    /// is answered without anything done.
+    pub fn names_are_plain(&self) -> bool {
+        use crate::names::{is_party_name, is_plain_segment};
+        match self {
+            Request::Key { .. } | Request::Transport { .. } | Request::Audit { .. } => {
+                self.party().is_none_or(is_party_name)
+            }
+            Request::RunOwner { party, run } | Request::Claim { party, run } => {
+                is_party_name(party) && is_plain_segment(run)
+            }
+            Request::Reserve { party, run, database, .. } => {
+                is_party_name(party) && is_plain_segment(run) && is_plain_segment(database)
+            }
+            Request::Finish { ledger } => {
+                is_party_name(&ledger.party) && is_plain_segment(&ledger.run) && is_plain_segment(&ledger.database)
+            }
+        }
+    }
 }
 
 /// Whose a run is, on the wire (`access::RunOwner`).
@@ -179,6 +200,36 @@ mod tests {
         assert!(!may_act_for(&stranger, 999, "mallory") && !trusted(&stranger, 999));
         let nameless = Peer { uid: 1003, account: None };
         assert!(!may_act_for(&nameless, 999, "acme"));
+    }
+
+    #[test]
+    fn only_plain_names_pass() {
+        let finish = |party: &str, run: &str, database: &str| Request::Finish {
+            ledger: LedgerRow {
+                party: party.into(),
+                key_id: None,
+                run: run.into(),
+                database: database.into(),
+                started_at: 0,
+                seconds: 0.0,
+                exit: "0".into(),
+                replica_bytes: None,
+                transport: Default::default(),
+            },
+        };
+        assert!(finish("acme", "01KFYA32R09C5KJYNH1SM2W1DR_run", "genomes.sqlite").names_are_plain());
+        for (party, run, database) in [
+            ("acme", "R", "../../x"),
+            ("acme", "R/.", "genomes.sqlite"),
+            ("acme", "..", "genomes.sqlite"),
+            ("acme", "", "genomes.sqlite"),
+            ("../acme", "R", "genomes.sqlite"),
+        ] {
+            assert!(!finish(party, run, database).names_are_plain(), "{party} {run} {database}");
+        }
+        assert!(!Request::Claim { party: "acme".into(), run: "a/b".into() }.names_are_plain());
+        assert!(!Request::RunOwner { party: "ACME".into(), run: "R".into() }.names_are_plain());
+        assert!(Request::Key { id: "anything".into() }.names_are_plain());
     }
 
     #[test]

@@ -340,6 +340,25 @@ fn per_party_accounts_cannot_reach_each_other_and_still_leave_every_record() {
     let stolen: i64 =
         central.store().query_row("SELECT count(*) FROM runs WHERE name LIKE '%stolen'", [], |r| r.get(0)).unwrap();
     assert_eq!(stolen, 0);
+    // Nor, speaking for itself, report a push into acme's run, or one whose names leave its tree.
+    for (run, database, answer) in [
+        (RUN, "genomes.sqlite", "another party's"),
+        ("01KFYA32R09C5KJYNH1SM2W1DS_beta", "../../../escaped", "one plain name"),
+        ("01KFYA32R09C5KJYNH1SM2W1DS_beta/.", "genomes.sqlite", "one plain name"),
+    ] {
+        let finish = serde_json::json!({ "op": "finish", "ledger": { "party": "beta", "key_id": null, "run": run,
+            "database": database, "started_at": 0, "seconds": 0.0, "exit": "0", "replica_bytes": null } });
+        let script = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect({:?})\ns.sendall({:?}.encode() + b'\\n')\n\
+             sys.stdout.write(s.makefile().readline())",
+            socket.display().to_string(),
+            finish.to_string()
+        );
+        let output = as_account("evosync-beta", &["python3", "-c", &script]);
+        assert!(String::from_utf8_lossy(&output.stdout).contains(answer), "{run} {database}: {output:?}");
+    }
+    assert_eq!(central.ledger(), [("acme".to_owned(), RUN.to_owned(), "0".to_owned())], "nothing recorded");
+    assert!(!root.join("escaped-wal").exists() && !root.join("replicas/escaped-wal").exists());
 
     // Without the service a party account's gate cannot record anything, so it refuses and writes nothing.
     central.service = None;

@@ -104,6 +104,15 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
             return Answer::Forbidden;
         }
     }
+    if !request.names_are_plain() {
+        Line::of(SERVE)
+            .field("event", "broker-refuse")
+            .field("uid", peer.uid)
+            .field_opt("account", peer.account.as_deref())
+            .field("reason", "names")
+            .to_stderr();
+        return Answer::Failed { error: "a run, database or party that is not one plain name".into() };
+    }
     if let Request::Finish { ledger } = request {
         return finish(state, ledger, held).await;
     }
@@ -196,8 +205,20 @@ async fn handle(state: &Shared, peer: &Peer, request: Request, held: &mut Vec<Re
 /// all before the gate, which waits for this answer, lets the next push of the replica in.
 async fn finish(state: &Shared, row: LedgerRow, held: &mut Vec<Reserved>) -> Answer {
     let (party, run, database) = (row.party.clone(), row.run.clone(), row.database.clone());
-    let id = match blocking(state, move |_, store| Ok(store.record_sync(&row)?)).await {
-        Ok(id) => id,
+    // A gate never reports a push into another party's run (it refused it first); a verdict recorded under the
+    // wrong party would reach that run's publication.
+    let recorded = blocking(state, move |_, store| {
+        if access::run_owner(store, &row.party, &row.run)? == RunOwner::Another {
+            return Ok(None);
+        }
+        Ok(Some(store.record_sync(&row)?))
+    });
+    let id = match recorded.await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            Line::of(SERVE).field("event", "broker-refuse").field("party", &party).field("run", &run).to_stderr();
+            return Answer::Failed { error: format!("run {run} is another party's") };
+        }
         Err(error) => return Answer::Failed { error: error.to_string() },
     };
     // The push's room comes back; only a walk knows what it added.

@@ -230,7 +230,14 @@ impl Watch {
             };
             match received {
                 Ok(data) => return Some(data),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                // Too slow a reader, or a flood of refusals: say how many rows the page lacks, rather than nothing.
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Some(
+                        serde_json::json!({ "type": "lagged", "missed": missed,
+                        "at": crate::time::now() })
+                        .to_string(),
+                    )
+                }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }

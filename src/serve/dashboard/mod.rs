@@ -25,7 +25,7 @@ pub use session::Sessions;
 use crate::serve::state::Shared;
 use axum::middleware;
 use axum::response::Redirect;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 
 /// What the dashboard keeps while the service runs.
@@ -57,5 +57,8 @@ pub fn router() -> Router<Shared> {
         .route("/dashboard/api-keys/{id}/revoke", post(actions::revoke_api_key))
         .route("/dashboard/runs/{run}/reverify", post(actions::reverify))
         .route("/dashboard/assets/{name}", get(assets::asset))
+        // Any other path under /dashboard: the error page, with the security headers like every dashboard answer
+        // (the service's fallback would answer JSON without them).
+        .route("/dashboard/{*rest}", any(|| async { pages::PageError::Api(crate::serve::error::ApiError::NoEndpoint) }))
         .layer(middleware::map_response(pages::security_headers))
 }

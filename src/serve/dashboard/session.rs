@@ -225,10 +225,11 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> Header
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
-/// Cookies are `Secure` when the service speaks TLS: with `tls_cert` set, the one listener that serves the dashboard
-/// takes TLS connections only (`serve::tls`), so every request came over TLS.
+/// Cookies are `Secure` when browsers reach the service over TLS: with `tls_cert` set, the one listener that serves
+/// the dashboard takes TLS connections only (`serve::tls`); with `allow_plain_http`, a TLS proxy stands in front
+/// (the only use that setting has), so browsers speak HTTPS to it.
 pub fn over_tls(state: &Shared) -> bool {
-    state.config.tls_cert.is_some()
+    state.config.tls_cert.is_some() || state.config.allow_plain_http
 }
 
 /// Refuses a request a browser says came from another site (`Sec-Fetch-Site`), or whose `Origin` is not this host.

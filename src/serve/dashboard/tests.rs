@@ -246,6 +246,29 @@ async fn under_tls_the_cookies_are_secure() {
 }
 
 #[tokio::test]
+async fn behind_a_tls_proxy_the_cookies_are_secure_too() {
+    let rig = Rig::with_config("listen: 10.0.0.5:4004\nallow_plain_http: true\n");
+    let signed_in = rig.sign_in_with(&rig.token).await;
+    for name in [SESSION_COOKIE, SIGN_IN_COOKIE] {
+        let cookie = signed_in.set_cookie(name).unwrap();
+        assert!(cookie.ends_with("; Secure"), "{cookie}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_dashboard_paths_get_the_error_page_with_the_headers() {
+    let rig = Rig::new();
+    for (method, path) in [("GET", "/dashboard/nope"), ("GET", "/dashboard/runs/a/b"), ("POST", "/dashboard/x/y")] {
+        let answer = rig.call(method, path, &[], "").await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(answer.headers.contains_key(header::CONTENT_SECURITY_POLICY), "{path}");
+        assert_eq!(answer.headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{path}");
+        assert!(answer.headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "{path}");
+    }
+    assert_eq!(rig.call("GET", "/dashboard/runs", &[], "").await.status, StatusCode::SEE_OTHER, "routes still match");
+}
+
+#[tokio::test]
 async fn wrong_tokens_at_the_sign_in_form_cost_no_more_hashes_than_the_verifier_allows() {
     let rig = Rig::new();
     let before = rig.state.auth.verifier.slow_hashes();
@@ -469,4 +492,24 @@ async fn refusals_are_counted_for_the_overview() {
     assert!(overview.body.contains("<td>no-key</td>") && overview.body.contains("<td>admin-token</td>"));
     let feed = rig.call("GET", "/dashboard/feed", &[("cookie", &cookie)], "").await;
     assert!(feed.body.contains("service, no-key (401)"), "{}", feed.body);
+}
+
+#[tokio::test]
+async fn a_live_feed_that_falls_behind_says_how_many_events_it_missed() {
+    use futures_util::StreamExt;
+    let rig = Rig::new();
+    let (cookie, _) = rig.session().await;
+    let request = Request::builder().uri("/dashboard/events").header("cookie", &cookie).body(Body::empty()).unwrap();
+    let response = router(rig.state.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // More events than the channel keeps, while the page reads nothing.
+    for n in 0..1100 {
+        let _ = rig.state.events.send(format!("{{\"type\":\"upload\",\"n\":{n}}}"));
+    }
+    let mut body = response.into_body().into_data_stream();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+    let first = String::from_utf8_lossy(&first).into_owned();
+    assert!(first.contains("\"type\":\"lagged\"") && first.contains("\"missed\":76"), "{first}");
+    let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&next).contains("\"n\":76"), "then the oldest kept");
 }

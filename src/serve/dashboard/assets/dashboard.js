@@ -58,6 +58,9 @@
           'failed verification: ' + (event.reason || '') : 'passed verification')];
       case 'published':
         return ['published', true, 'published in the catalog'];
+      case 'lagged':
+        return ['lagged', false, event.missed + ' events came too fast for this page and are not shown: reload it ' +
+          'for the latest'];
       case 'withdrawn':
         return ['withdrawn', false, 'withdrawn from the catalog' + (event.reason ? ': ' + event.reason : '')];
       default:
