@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +185,32 @@ where
     }
 }
 
+/// stdin as the reactor's own when it is a pipe, as ssh's `ProxyCommand` makes it: tokio's `stdin()` would hand
+/// each read to a thread of its blocking pool and copy it once more. Anything else (a socket, a file, a terminal)
+/// goes through `stdin()`.
+fn standard_input() -> Box<dyn AsyncRead + Unpin> {
+    let pipe = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| tokio::net::unix::pipe::Receiver::from_file(std::fs::File::from(fd)));
+    match pipe {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdin()),
+    }
+}
+
+/// stdout likewise.
+fn standard_output() -> Box<dyn AsyncWrite + Unpin> {
+    let pipe = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| tokio::net::unix::pipe::Sender::from_file(std::fs::File::from(fd)));
+    match pipe {
+        Ok(pipe) => Box::new(pipe),
+        Err(_) => Box::new(tokio::io::stdout()),
+    }
+}
+
 /// stdin to the service, the service to stdout, until either ends.
 async fn pump<S>(socket: WebSocketStream<S>) -> Result<(), TunnelError>
 where
@@ -191,7 +218,7 @@ where
 {
     let (mut to_service, mut from_service) = socket.split();
     let upstream = async {
-        let mut stdin = tokio::io::stdin();
+        let mut stdin = standard_input();
         let mut buffer = BytesMut::with_capacity(READ_CHUNK);
         loop {
             buffer.reserve(READ_CHUNK);
@@ -209,7 +236,7 @@ where
         }
     };
     let downstream = async {
-        let mut stdout = tokio::io::stdout();
+        let mut stdout = standard_output();
         while let Some(message) = from_service.next().await {
             match message.map_err(|e| TunnelError::Broken(e.to_string()))? {
                 Message::Binary(data) => {
