@@ -53,6 +53,8 @@ fn a_reader_in_the_catalog_group_reads_every_partys_verified_runs_and_sees_each_
     assert!(!central.published(RUN_A), "half a run is not published");
     central.push_ok("acme", &features_a, RUN_A, "features.sqlite");
     assert!(central.published(RUN_A), "both databases verified: published\n{}", central.diagnostics());
+    let log = central.service.log();
+    assert!(log.lines().any(|l| l.contains("event=copy") && l.contains(RUN_A) && l.contains("outcome=made")), "{log}");
     let genomes_b = work.join("b-genomes.sqlite");
     let features_b = work.join("b-features.sqlite");
     worker_db(&genomes_b, "genomes", 1000..1100, "");

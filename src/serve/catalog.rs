@@ -37,11 +37,7 @@ pub async fn after_push(state: &Shared, party: &str, run: &str, database: &str, 
         record(state, store, &party, &run, &database, &recorded, ledger_id)?;
         // What passed reaches readers through its copy; a failed copy leaves the last verified one in place.
         if recorded.ok && state.catalog.is_some() {
-            if let Err(error) = copies::refresh(&state.config, &party, &run, &database) {
-                Line::of(SERVE).field("event", "catalog-error").field("run", &run).field("error", error).to_stderr();
-            }
-            // The copy's transfer was the replica's last connection: SQLite took its -wal and -shm away.
-            keep_companions(state, &party, &run, &database);
+            refresh_copy(state, &party, &run, &database);
         }
         refresh(state, store, Some(&run))
     })
@@ -183,6 +179,22 @@ fn refresh(state: &AppState, store: &Store, only: Option<&str>) -> Result<Drift,
 
 /// The replica's `-wal` and `-shm`, back in place where SQLite removed them: the read-only check opens it only
 /// while both exist (the gate puts them back after its push; whoever reads the replica after must too).
+/// Brings the verified copy up to date with the replica that just passed, and says how long that took. A failed
+/// copy leaves the last verified one in place.
+fn refresh_copy(state: &AppState, party: &str, run: &str, database: &str) {
+    let line =
+        Line::of(SERVE).field("event", "copy").field("party", party).field("run", run).field("database", database);
+    let started = std::time::Instant::now();
+    let copied = copies::refresh(&state.config, party, run, database);
+    // The copy's transfer was the replica's last connection: SQLite took its -wal and -shm away.
+    keep_companions(state, party, run, database);
+    let line = line.field("seconds", format!("{:.3}", started.elapsed().as_secs_f64()));
+    match copied {
+        Ok(_) => line.field("outcome", "made").to_stderr(),
+        Err(error) => line.field("outcome", "failed").field("error", error).to_stderr(),
+    }
+}
+
 fn keep_companions(state: &AppState, party: &str, run: &str, database: &str) {
     let tree = state.replica_root().and_then(|root| crate::fs::confine::PartyTree::open_in(&root, party));
     let folder = tree.and_then(|tree| tree.existing_run_folder(run));
