@@ -50,7 +50,7 @@ pub struct Feed {
     recent: Mutex<VecDeque<ServiceRefusal>>,
     /// Service refusals per (hour, reason).
     hourly: Mutex<BTreeMap<(i64, &'static str), u64>>,
-    following: AtomicBool,
+    pub(super) following: AtomicBool,
 }
 
 impl Default for Feed {
@@ -110,7 +110,7 @@ impl Feed {
         counts
     }
 
-    fn subscribe(&self, state: &Shared) -> broadcast::Receiver<String> {
+    pub(super) fn subscribe(&self, state: &Shared) -> broadcast::Receiver<String> {
         let receiver = self.sender.subscribe();
         if !self.following.swap(true, Ordering::AcqRel) {
             tokio::spawn(follow_audit(state.clone()));
@@ -126,6 +126,12 @@ async fn follow_audit(state: Shared) {
         tokio::time::sleep(AUDIT_POLL).await;
         let feed = &state.dashboard.feed;
         if feed.sender.receiver_count() == 0 {
+            // Nobody watches: stop, and let the next page to subscribe start a follower again. A page that
+            // subscribed just now saw `following` still set and started none: this one goes on for it.
+            feed.following.store(false, Ordering::Release);
+            if feed.sender.receiver_count() == 0 || feed.following.swap(true, Ordering::AcqRel) {
+                return;
+            }
             if let Ok(seq) = last_audit_seq(&state).await {
                 last = seq;
             }

@@ -513,3 +513,21 @@ async fn a_live_feed_that_falls_behind_says_how_many_events_it_missed() {
     let next = tokio::time::timeout(std::time::Duration::from_secs(5), body.next()).await.unwrap().unwrap().unwrap();
     assert!(String::from_utf8_lossy(&next).contains("\"n\":76"), "then the oldest kept");
 }
+
+#[tokio::test]
+async fn the_audit_follower_runs_only_while_a_page_watches() {
+    use std::sync::atomic::Ordering;
+    let rig = Rig::new();
+    let feed = &rig.state.dashboard.feed;
+    let watching = feed.subscribe(&rig.state);
+    assert!(feed.following.load(Ordering::Acquire));
+    drop(watching);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while feed.following.load(Ordering::Acquire) {
+        assert!(std::time::Instant::now() < deadline, "the follower still runs with nobody watching");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The next page starts it again.
+    let _watching = feed.subscribe(&rig.state);
+    assert!(feed.following.load(Ordering::Acquire));
+}
