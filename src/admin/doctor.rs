@@ -480,17 +480,27 @@ fn catalog(host: &Host) -> Finding {
                 format!("groupadd --system {group}"),
             );
         };
-        let meta = match std::fs::metadata(root) {
-            Ok(meta) => meta,
-            Err(e) => return fail("catalog", format!("{}: {e}", root.display()), "evosync init --catalog-root DIR"),
-        };
-        let mode = meta.permissions().mode() & 0o7777;
-        if meta.gid() != gid || mode & 0o027 != 0 {
-            return fail(
-                "catalog",
-                format!("{} has group {} and mode {mode:o}", root.display(), meta.gid()),
-                format!("chgrp {group} {0} && chmod 2750 {0}", root.display()),
-            );
+        // Both folders setgid to the readers' group: what the service makes in them (it is not in that group)
+        // takes the group from them.
+        let folders: Vec<PathBuf> = [Some(root.clone()), config.verified_root()].into_iter().flatten().collect();
+        for folder in &folders {
+            let meta = match std::fs::metadata(folder) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    return fail("catalog", format!("{}: {e}", folder.display()), "evosync init --catalog-root DIR")
+                }
+            };
+            let folder_mode = meta.permissions().mode() & 0o7777;
+            if meta.gid() != gid || folder_mode & 0o027 != 0 || folder_mode & 0o2000 == 0 {
+                return fail(
+                    "catalog",
+                    format!("{} has group {} and mode {folder_mode:o}", folder.display(), meta.gid()),
+                    format!(
+                        "chgrp {group} {0} && chmod 2750 {0}, then `evosync catalog check --repair`",
+                        folder.display()
+                    ),
+                );
+            }
         }
         let probe = config.replica_root.join(".evosync-acl-probe");
         let acl_ok = std::fs::create_dir(&probe)
@@ -504,7 +514,8 @@ fn catalog(host: &Host) -> Finding {
                 "mount it with ACLs (ext4 and xfs have them by default) and run `evosync catalog check --repair` as root",
             );
         }
-        ok("catalog", format!("{} (group {group}, mode {mode:o}); ACLs work", root.display()))
+        let shown: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+        ok("catalog", format!("{} (group {group}, setgid, closed to others); ACLs work", shown.join(" and ")))
     })
 }
 
