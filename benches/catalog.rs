@@ -95,6 +95,8 @@ impl Options {
 struct Push {
     /// The client's wall time, from its start to its exit.
     wall: Duration,
+    /// When the service's copy for readers was current and the run published, after the client's start.
+    copied: Duration,
     /// The ledger's `seconds`: the gate's sqlite3_rsync child alone.
     gate: f64,
     /// The ledger's `verify_seconds`: the verifying child's own time.
@@ -118,8 +120,18 @@ fn pushes(central: &Central, origin: &Path, megabytes: u64, rounds: usize) {
         made.elapsed().as_secs_f64()
     );
     println!(
-        "  {:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>12} {:>8}",
-        "push", "replica", "wall s", "gate s", "verify s", "v/gate", "v/wall", "rest s", "seen-exit ms", "poll ms"
+        "  {:<20} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9} {:>12} {:>8}",
+        "push",
+        "replica",
+        "wall s",
+        "gate s",
+        "verify s",
+        "v/gate",
+        "v/wall",
+        "rest s",
+        "copy s",
+        "seen-exit ms",
+        "poll ms"
     );
     let first = push(central, origin, &run, None);
     print_push("first (everything)", &first);
@@ -143,7 +155,8 @@ fn pushes(central: &Central, origin: &Path, megabytes: u64, rounds: usize) {
     println!(
         "  (wall: the client's start to its exit; gate: sqlite3_rsync in the gate (ledger seconds); verify: the \
          check's child (ledger verify_seconds);\n   rest: wall - gate - verify (ssh, the gate, the service's \
-         bookkeeping, and the verified copy's refresh from the replica); seen-exit: when the reader's open connection first counted the new rows, from the client's \
+         bookkeeping);\n   copy: from the client's exit until the service's copy for readers is current and the run \
+         published (it goes on after the client has gone); seen-exit: when the reader's open connection first counted the new rows, from the client's \
          exit,\n   negative = before it)"
     );
     drop(reader);
@@ -165,8 +178,10 @@ fn push(central: &Central, origin: &Path, run: &str, watch: Option<(&mut Reader,
     let started = Instant::now();
     let (output, exited, seen, poll) = std::thread::scope(|scope| {
         let pushing = scope.spawn(|| {
-            let output = central.push(PARTY, origin, run, DATABASE);
-            (output, started.elapsed())
+            let output = central.push_only(PARTY, origin, run, DATABASE);
+            let exited = started.elapsed();
+            central.wait_for_copy(PARTY, run, DATABASE);
+            (output, exited, started.elapsed())
         });
         let (mut seen, mut polls, mut exited_seen) = (None, Vec::new(), None::<Instant>);
         if let Some((reader, new)) = watch {
@@ -189,13 +204,14 @@ fn push(central: &Central, origin: &Path, run: &str, watch: Option<(&mut Reader,
                 std::thread::sleep(POLL_PAUSE);
             }
         }
-        let (output, exited) = pushing.join().unwrap();
+        let (output, exited, copied) = pushing.join().unwrap();
         polls.sort();
-        (output, exited, seen, polls.get(polls.len() / 2).copied().unwrap_or_default())
+        (output, (exited, copied), seen, polls.get(polls.len() / 2).copied().unwrap_or_default())
     });
+    let (exited, copied) = exited;
     assert!(output.status.success(), "push of {run}: {}", String::from_utf8_lossy(&output.stderr));
     let (gate, verify, verified, replica_bytes) = ledger(central, run);
-    Push { wall: exited, gate, verify, verified, replica_bytes, seen, poll }
+    Push { wall: exited, copied, gate, verify, verified, replica_bytes, seen, poll }
 }
 
 /// The push's ledger row: (seconds, verify_seconds, verified, replica_bytes).
@@ -220,13 +236,14 @@ fn print_push(what: &str, push: &Push) {
     };
     let poll = if push.seen.is_some() { format!("{:.1}", push.poll.as_secs_f64() * 1000.0) } else { "-".into() };
     println!(
-        "  {what:<20} {:>5.0} MB {wall:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>8.2} {seen:>12} {poll:>8}{}",
+        "  {what:<20} {:>5.0} MB {wall:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>7.2} {:>8.2} {:>9.2} {seen:>12} {poll:>8}{}",
         push.replica_bytes as f64 / 1_000_000.0,
         push.gate,
         push.verify,
         push.verify / push.gate,
         push.verify / wall,
         wall - push.gate - push.verify,
+        push.copied.as_secs_f64() - wall,
         if push.verified { String::new() } else { "  NOT VERIFIED".into() },
     );
 }

@@ -191,9 +191,10 @@ impl Bench {
         )
         .unwrap();
         let tunnel_ssh = root.join("ssh-tunnel");
-        std::fs::write(&tunnel_ssh, format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", ssh_config.display()))
-            .unwrap();
-        std::fs::set_permissions(&tunnel_ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        common::write_executable(
+            &tunnel_ssh,
+            &format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", ssh_config.display()),
+        );
         Bench { dir, sshd, service, port, ssh_key, tunnel_ssh }
     }
 

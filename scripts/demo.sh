@@ -145,6 +145,12 @@ run curl -fsS "http://127.0.0.1:$http_port/admin/runs" -H "Authorization: Bearer
 run "$evosync" --config "$cfg" audit verify
 
 say "a reader: kromosynth-evoruns' way (better-sqlite3, readonly, journal_mode WAL) as evosync-reader, rooted at the catalog"
+# The service brings the readers' copy up to date after the worker's client has gone: wait for the second genomes copy.
+for _ in $(seq 300); do
+  [ "$(grep -c 'event=copy .*database=genomes.sqlite .*outcome=made' "$demo/serve.log")" -ge 2 ] && break
+  sleep 0.1
+done
+grep 'event=copy ' "$demo/serve.log"
 run ls -l "$demo/catalog/$run_name"
 printf '%s\n' \
   "{\"op\":\"lookup\",\"run\":\"$run_name\"}" \

@@ -273,3 +273,30 @@ fn hostile_databases_are_refused_with_their_reason_never_published_and_the_reade
     assert!(ok, "{said} {drift}");
     assert_eq!(drift["clean"], true);
 }
+
+#[test]
+fn the_next_push_of_a_replica_waits_for_the_copy_of_the_last_one() {
+    let central = Central::start("catalog-copy-lock", "lock_wait_seconds: 2\npublish_partial_after: 0\n");
+    let work = central.root().join("worker");
+    std::fs::create_dir_all(&work).unwrap();
+    let genomes = work.join("genomes.sqlite");
+    worker_db(&genomes, "genomes", 0..30, "");
+    central.push_ok("acme", &genomes, RUN_A, "genomes.sqlite");
+    let replica = central.root().join("replicas/acme").join(RUN_A).join("genomes.sqlite");
+    let before = common::db_digest(&replica);
+    // While the service copies the replica for readers (here: while the test holds the copy lock as it would), the
+    // next push of it waits, and, past lock_wait_seconds, is refused with the reason and writes nothing.
+    let config = evosync::config::Config::load(&central.config).unwrap();
+    let copying = evosync::fs::locks::copy(&config.locks_dir(), "acme", RUN_A, "genomes.sqlite", Duration::ZERO)
+        .unwrap()
+        .expect("the copy lock is free once the copy is done");
+    worker_db(&genomes, "genomes", 30..60, "");
+    let output = central.push_only("acme", &genomes, RUN_A, "genomes.sqlite");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("still publishing the previous push"), "{said}");
+    assert_eq!(common::db_digest(&replica), before, "nothing written");
+    drop(copying);
+    central.push_ok("acme", &genomes, RUN_A, "genomes.sqlite");
+    let mut reader = Reader::start(&central.root().join("catalog"));
+    assert_eq!(reader.count(RUN_A, "genomes.sqlite", "genomes")["count"], 60);
+}

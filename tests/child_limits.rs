@@ -328,8 +328,7 @@ fn the_sync_child_can_open_no_socket_of_any_kind() {
         .replace("UDP_PORT", &udp.local_addr().unwrap().port().to_string())
         .replace("UNIX_PATH", &log_path.display().to_string())
         .replace("ABSTRACT_NAME", &abstract_name);
-    std::fs::write(&probe, script).unwrap();
-    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_executable(&probe, &script);
     host.set_sqlite3_rsync(&probe);
 
     let output = host.push().wait_with_output().unwrap();
@@ -352,13 +351,10 @@ fn the_sync_child_can_open_no_socket_of_any_kind() {
 
 /// A stand-in for an sqlite3_rsync whose `--version` prints `source_id`; as a sync it prints its arguments.
 fn fake_sqlite3_rsync(path: &Path, source_id: &str) {
-    let partial = path.with_extension("partial");
     let script =
         format!("#!/bin/sh\nif [ \"$1\" = --version ]; then echo '{source_id}'; exit 0; fi\necho \"ran: $*\" >&2\n");
-    std::fs::write(&partial, script).unwrap();
-    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // A new file, so a new inode: as an installer replaces a binary.
-    std::fs::rename(&partial, path).unwrap();
+    // Written aside and renamed into place: a new file, so a new inode, as an installer replaces a binary.
+    common::write_executable(path, &script);
 }
 
 const OLD_SOURCE_ID: &str = "2026-04-09 11:41:47 0000000000000000000000000000000000000000000000000000000000000001";

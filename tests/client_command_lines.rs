@@ -34,12 +34,10 @@ fn the_stock_client_and_the_worker_send_these_command_lines() {
     let log = log_dir.join("commands");
     let logger = dir.path().join("log-command.sh");
     // A record separator between commands, so a command holding a newline would still show as one.
-    std::fs::write(
+    common::write_executable(
         &logger,
-        format!("#!/bin/sh\nprintf '%s\\036\\n' \"$SSH_ORIGINAL_COMMAND\" >> {}\nexit 1\n", log.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&logger, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\nprintf '%s\\036\\n' \"$SSH_ORIGINAL_COMMAND\" >> {}\nexit 1\n", log.display()),
+    );
     let sshd = Sshd::start(&format!("Match User evosync\n    ForceCommand {}\n", logger.display()));
     let (key, public) = sshd.new_client_key("worker");
     sshd.set_authorized_keys("evosync", &format!("{public}\n"));

@@ -125,8 +125,7 @@ fn every_fault_is_reported_with_its_fix_and_exit_1() {
     let host = Host::healthy();
     // An sqlite3_rsync older than the page-size fix.
     let old = host.root().join("old_sqlite3_rsync");
-    std::fs::write(&old, "#!/bin/sh\necho '2025-05-29 14:26:00 0000000000000000000000000000000000000000'\n").unwrap();
-    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_executable(&old, "#!/bin/sh\necho '2025-05-29 14:26:00 0000000000000000000000000000000000000000'\n");
     host.write_config(&old);
     // A state dir others may enter, a policies folder the group may write, an invalid policy, a broken sshd_config.
     std::fs::set_permissions(host.root().join("state"), std::fs::Permissions::from_mode(0o2777)).unwrap();

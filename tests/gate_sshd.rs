@@ -160,17 +160,15 @@ fn the_exe_flag_wal_only_and_the_retry_form_are_served() {
     common::insert_rows(&genomes, "genomes", 50, 1000);
     let retry_ssh = central.root().join("retry-ssh");
     let wrapper = central.sshd.ssh_wrapper(&central.key);
-    std::fs::write(
+    common::write_executable(
         &retry_ssh,
-        format!(
+        &format!(
             "#!/bin/sh\n# args: -e none HOST sqlite3_rsync ... 2>/dev/null\nopts=\"$1 $2\"; host=\"$3\"; shift 3\n\
              cmd=\"$*\"; cmd=\"${{cmd% 2>/dev/null}}\"\n\
              exec {} $opts \"$host\" \"PATH=\\$HOME/bin:/usr/local/bin:/opt/homebrew/bin:/opt/local/bin:\\$PATH $cmd\"\n",
             wrapper.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&retry_ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let output = std::process::Command::new(common::sqlite3_rsync_path())
         .arg(&genomes)
         .arg(format!("evosync@127.0.0.1:{target}"))
@@ -186,6 +184,11 @@ fn the_exe_flag_wal_only_and_the_retry_form_are_served() {
 #[test]
 fn a_wal_origin_written_during_the_push_leaves_a_consistent_replica() {
     let central = Central::start("wal-writer", "push: true\ncreate_runs: true\n");
+    // The client retries a failed attempt at once, while the first attempt's gate may still be ending (on a loaded
+    // machine, for seconds): the retry waits for it as long as the default lock_wait_seconds lets it, not 3 s.
+    let config = central.root().join("evosync.yaml");
+    let text_of_config = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text_of_config.replace("lock_wait_seconds: 3\n", "lock_wait_seconds: 30\n")).unwrap();
     let genomes = central.worker_db("genomes.sqlite");
     common::make_db(&genomes, "genomes", 3000, 2000);
     let writer_db = genomes.clone();

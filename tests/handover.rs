@@ -1,6 +1,8 @@
 //! The gate's hand-over to the real sqlite3_rsync, driven directly (as sshd would start it) with an idle worker on
 //! the other end of stdin: wall clock, signal passing, and the per-replica and per-party locks.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -193,9 +195,10 @@ echo "fsize=$(ulimit -f)"
 fn the_sandbox_confines_the_sync_to_its_run_folder() {
     let host = Host::new("  max_db_bytes: 1MiB\n");
     let probe = host.dir.path().join("probe.sh");
-    std::fs::write(&probe, PROBE.replace("OUTSIDE_DIR", &host.dir.path().join("outside").display().to_string()))
-        .unwrap();
-    std::fs::set_permissions(&probe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    common::write_executable(
+        &probe,
+        &PROBE.replace("OUTSIDE_DIR", &host.dir.path().join("outside").display().to_string()),
+    );
     let config = host.dir.path().join("evosync.yaml");
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace(

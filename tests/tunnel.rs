@@ -153,8 +153,10 @@ impl Central {
         )
         .unwrap();
         let program = self.root().join(format!("ssh-{name}"));
-        std::fs::write(&program, format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", ssh_config.display())).unwrap();
-        std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        common::write_executable(
+            &program,
+            &format!("#!/bin/sh\nexec /usr/bin/ssh -F {} \"$@\"\n", ssh_config.display()),
+        );
         program
     }
 

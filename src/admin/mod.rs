@@ -280,6 +280,14 @@ impl<'a> Admin<'a> {
                     v.run, v.database
                 )));
             }
+            let copying = crate::fs::locks::copy(&self.config.locks_dir(), &v.party, &v.run, &v.database, wait)
+                .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            if copying.is_none() {
+                return Err(AdminError::Invalid(format!(
+                    "the service is copying {}/{} for its readers; try again later",
+                    v.run, v.database
+                )));
+            }
             crate::catalog::copies::refresh(self.config, &v.party, &v.run, &v.database).map_err(AdminError::Invalid)?;
         }
         Ok(())

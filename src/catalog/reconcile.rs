@@ -51,14 +51,24 @@ pub fn expected(
     only: Option<&str>,
 ) -> crate::store::Result<BTreeMap<String, (Publication, Links)>> {
     let verdicts = store.verifications(only)?;
-    let mut by_run: BTreeMap<&str, Vec<&Verification>> = BTreeMap::new();
+    let verified_root = config.verified_root();
+    let mut by_run: BTreeMap<&str, (&str, Vec<&Verification>)> = BTreeMap::new();
     for verdict in &verdicts {
-        by_run.entry(&verdict.run).or_default().push(verdict);
+        // A database that passed counts once its verified copy exists (the service makes it right after the
+        // verdict): readers open the copy, and must not find a run without it.
+        let uncopied = verdict.ok
+            && verified_root
+                .as_ref()
+                .is_some_and(|root| !super::copies::copy_path(root, &verdict.run, &verdict.database).is_file());
+        let (_, counted) = by_run.entry(&verdict.run).or_insert((&verdict.party, Vec::new()));
+        if !uncopied {
+            counted.push(verdict);
+        }
     }
     let mut policies: BTreeMap<String, Option<Policy>> = BTreeMap::new();
     let mut runs = BTreeMap::new();
-    for (run, verdicts) in by_run {
-        let party = verdicts[0].party.clone();
+    for (run, (party, verdicts)) in by_run {
+        let party = party.to_owned();
         let policy = policies
             .entry(party.clone())
             .or_insert_with(|| Policy::load(&config.policy_path(&party), &party).ok())

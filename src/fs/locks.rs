@@ -48,13 +48,31 @@ pub fn replica(
     first_free(&[path], Instant::now() + wait)
 }
 
+/// `copy-<32 hex>.lock`, as `replica_lock_name`.
+pub fn copy_lock_name(run: &str, database: &str) -> String {
+    replica_lock_name(run, database).replacen("replica-", "copy-", 1)
+}
+
+/// The lock of a replica's verified copy for readers: held by the service while it brings the copy up to date after
+/// the replica's push has ended and its gate has gone, and waited for by the next push of the replica before it
+/// writes (`gate::handover::Locks`), so that the copy never reads a replica being written.
+pub fn copy(
+    locks_dir: &Path,
+    party: &str,
+    run: &str,
+    database: &str,
+    wait: Duration,
+) -> Result<Option<Held>, LockFileError> {
+    let path = party_dir(locks_dir, party)?.join(copy_lock_name(run, database));
+    first_free(&[path], Instant::now() + wait)
+}
+
 /// Takes the first free lock among `paths`, polling until `deadline`; `None` when all stayed busy.
 pub fn first_free(paths: &[PathBuf], deadline: Instant) -> Result<Option<Held>, LockFileError> {
     loop {
         for path in paths {
             let failed = |source| LockFileError { path: path.clone(), source };
-            let file =
-                std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(failed)?;
+            let file = open_lock_file(path).map_err(failed)?;
             if let Some(lock) = sys::try_lock_exclusive(file).map_err(failed)? {
                 return Ok(Some(Held { _lock: lock }));
             }
@@ -63,5 +81,15 @@ pub fn first_free(paths: &[PathBuf], deadline: Instant) -> Result<Option<Held>, 
             return Ok(None);
         }
         std::thread::sleep(POLL);
+    }
+}
+
+/// A lock file, made when missing (group-writable, for the gates of per-party accounts and the service alike); one
+/// that another account made and this one may not write is opened to read, which is all `flock` needs.
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o660).open(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
+        opened => opened,
     }
 }

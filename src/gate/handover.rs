@@ -21,6 +21,11 @@ pub enum HandoverError {
     #[error("another push of {what} is still running; try again later (waited {waited}s)")]
     ReplicaBusy { what: String, waited: u64 },
     #[error(
+        "the central host is still publishing the previous push of {what} for its readers; try again later (waited \
+         {waited}s)"
+    )]
+    CopyBusy { what: String, waited: u64 },
+    #[error(
         "party '{party}' already runs {max} syncs at once (max_concurrent_syncs); try again later (waited {waited}s)"
     )]
     PartyBusy { party: String, max: u32, waited: u64 },
@@ -54,6 +59,14 @@ impl Locks {
         let replica = locks::first_free(&[replica_path], deadline)
             .map_err(file_error)?
             .ok_or_else(|| HandoverError::ReplicaBusy { what: format!("{run}/{database}"), waited: wait.as_secs() })?;
+        // The service may still be bringing the verified copy up to date from the last push: wait for it, so the
+        // copy never reads a replica being written (`locks::copy`).
+        let copy_path = party_dir.join(locks::copy_lock_name(run, database));
+        let copy = locks::first_free(&[copy_path], deadline).map_err(file_error)?;
+        if copy.is_none() {
+            return Err(HandoverError::CopyBusy { what: format!("{run}/{database}"), waited: wait.as_secs() });
+        }
+        drop(copy);
         let slots: Vec<PathBuf> = (0..max_slots).map(|n| party_dir.join(format!("slot-{n}.lock"))).collect();
         let slot = locks::first_free(&slots, deadline).map_err(file_error)?.ok_or_else(|| {
             HandoverError::PartyBusy { party: party.to_owned(), max: max_slots, waited: wait.as_secs() }

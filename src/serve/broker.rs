@@ -230,6 +230,6 @@ async fn finish(state: &Shared, row: LedgerRow, held: &mut Vec<Reserved>) -> Ans
         !mine
     });
     state.quota.stale(&party);
-    super::catalog::after_push(state, &party, &run, &database, Some(id)).await;
+    super::catalog::after_push_then_copy(state, &party, &run, &database, Some(id)).await;
     Answer::Done
 }

@@ -27,25 +27,103 @@ pub fn open(config: &crate::config::Config) -> std::io::Result<Option<Catalog>> 
     config.catalog_root.as_deref().map(Catalog::open).transpose()
 }
 
-/// Verifies a replica that was just pushed (its gate holds the lock) and publishes or withdraws its run.
+/// Verifies a replica that was just pushed (its gate holds the lock), copies what passed for readers and publishes
+/// or withdraws its run, all before it returns (a re-verification; the broker uses `after_push_then_copy`).
 pub async fn after_push(state: &Shared, party: &str, run: &str, database: &str, ledger_id: Option<i64>) -> Verdict {
+    let verdict = verify(state, party, run, database, ledger_id).await;
+    if verdict.ok && state.catalog.is_some() {
+        let held = copy_lock(state, party, run, database).await;
+        publish_verified(state, party, run, database, held).await;
+    }
+    verdict
+}
+
+/// As `after_push`, but the copy and the publication go on after it returns, so that the gate can let its worker go:
+/// the copy lock, taken before it returns, keeps the next push of the replica waiting until the copy is done
+/// (`gate::handover::Locks`).
+pub async fn after_push_then_copy(
+    state: &Shared,
+    party: &str,
+    run: &str,
+    database: &str,
+    ledger_id: Option<i64>,
+) -> Verdict {
+    let verdict = verify(state, party, run, database, ledger_id).await;
+    if verdict.ok && state.catalog.is_some() {
+        match copy_lock(state, party, run, database).await {
+            Some(held) => {
+                let (state, party, run, database) =
+                    (state.clone(), party.to_owned(), run.to_owned(), database.to_owned());
+                tokio::spawn(async move { publish_verified(&state, &party, &run, &database, Some(held)).await });
+            }
+            // Still under the gate's replica lock: copied before the gate hears back, as a re-verification is.
+            None => publish_verified(state, party, run, database, None).await,
+        }
+    }
+    verdict
+}
+
+/// Inspects the replica and records the verdict; one that failed withdraws its run at once.
+async fn verify(state: &Shared, party: &str, run: &str, database: &str, ledger_id: Option<i64>) -> Verdict {
     keep_companions(state, party, run, database);
     let verdict = inspect(state, party, run, database).await;
     let (party, run, database) = (party.to_owned(), run.to_owned(), database.to_owned());
     let recorded = verdict.clone();
     let done = blocking(state, move |state, store| {
         record(state, store, &party, &run, &database, &recorded, ledger_id)?;
-        // What passed reaches readers through its copy; a failed copy leaves the last verified one in place.
-        if recorded.ok && state.catalog.is_some() {
-            refresh_copy(state, &party, &run, &database);
+        // What passed is published once its copy is current (`publish_verified`).
+        if !recorded.ok || state.catalog.is_none() {
+            refresh(state, store, Some(&run))?;
         }
-        refresh(state, store, Some(&run))
+        Ok(())
     })
     .await;
     if let Err(error) = done {
         Line::of(SERVE).field("event", "catalog-error").field("error", error).to_stderr();
     }
     verdict
+}
+
+/// The replica's copy lock (`fs::locks::copy`); `None`, said in the log, when it cannot be had.
+async fn copy_lock(state: &Shared, party: &str, run: &str, database: &str) -> Option<locks::Held> {
+    let (locks_dir, wait) = (state.config.locks_dir(), Duration::from_secs(state.config.lock_wait_seconds));
+    let (p, r, d) = (party.to_owned(), run.to_owned(), database.to_owned());
+    let taken = tokio::task::spawn_blocking(move || locks::copy(&locks_dir, &p, &r, &d, wait)).await;
+    match taken {
+        Ok(Ok(Some(held))) => Some(held),
+        Ok(Ok(None)) => {
+            Line::of(SERVE)
+                .field("event", "catalog-error")
+                .field("run", run)
+                .field("error", "copy lock busy")
+                .to_stderr();
+            None
+        }
+        Ok(Err(error)) => {
+            Line::of(SERVE).field("event", "catalog-error").field("run", run).field("error", error).to_stderr();
+            None
+        }
+        Err(error) => {
+            Line::of(SERVE).field("event", "catalog-error").field("run", run).field("error", error).to_stderr();
+            None
+        }
+    }
+}
+
+/// Brings the verified copy up to date with the replica that passed, then publishes its run; `held` (the copy
+/// lock) is let go once both are done.
+async fn publish_verified(state: &Shared, party: &str, run: &str, database: &str, held: Option<locks::Held>) {
+    let (party, run, database) = (party.to_owned(), run.to_owned(), database.to_owned());
+    let done = blocking(state, move |state, store| {
+        refresh_copy(state, &party, &run, &database);
+        let drift = refresh(state, store, Some(&run));
+        drop(held);
+        drift
+    })
+    .await;
+    if let Err(error) = done {
+        Line::of(SERVE).field("event", "catalog-error").field("error", error).to_stderr();
+    }
 }
 
 /// Inspects every database of a run again (the dashboard's and the admin's "re-verify"), each under its replica's
@@ -177,8 +255,6 @@ fn refresh(state: &AppState, store: &Store, only: Option<&str>) -> Result<Drift,
     Ok(drift)
 }
 
-/// The replica's `-wal` and `-shm`, back in place where SQLite removed them: the read-only check opens it only
-/// while both exist (the gate puts them back after its push; whoever reads the replica after must too).
 /// Brings the verified copy up to date with the replica that just passed, and says how long that took. A failed
 /// copy leaves the last verified one in place.
 fn refresh_copy(state: &AppState, party: &str, run: &str, database: &str) {
@@ -195,6 +271,8 @@ fn refresh_copy(state: &AppState, party: &str, run: &str, database: &str) {
     }
 }
 
+/// The replica's `-wal` and `-shm`, back in place where SQLite removed them: the read-only check opens it only
+/// while both exist (the gate puts them back after its push; whoever reads the replica after must too).
 fn keep_companions(state: &AppState, party: &str, run: &str, database: &str) {
     let tree = state.replica_root().and_then(|root| crate::fs::confine::PartyTree::open_in(&root, party));
     let folder = tree.and_then(|tree| tree.existing_run_folder(run));

@@ -90,9 +90,26 @@ impl Central {
         self.dir.path()
     }
 
+    /// A push by the stock client, returned once the service has also brought the verified copy up to date and
+    /// published the run, which it does after the client has gone (`wait_for_copy`).
     pub fn push(&self, party: &str, origin: &Path, run: &str, database: &str) -> Output {
+        let output = self.push_only(party, origin, run, database);
+        self.wait_for_copy(party, run, database);
+        output
+    }
+
+    /// The push alone, returned when the client exits.
+    pub fn push_only(&self, party: &str, origin: &Path, run: &str, database: &str) -> Output {
         let key = &self.keys.iter().find(|(p, _)| p == party).unwrap().1;
         self.sshd.sqlite3_rsync(key, origin, "evosync", &format!("/data/evorun-sync/{run}/{database}"), &[])
+    }
+
+    /// Waits until the service no longer holds the copy lock of `run/database` (it takes it before it answers the
+    /// gate, and lets it go once the copy is current and the run published).
+    pub fn wait_for_copy(&self, party: &str, run: &str, database: &str) {
+        let config = evosync::config::Config::load(&self.config).unwrap();
+        let held = evosync::fs::locks::copy(&config.locks_dir(), party, run, database, Duration::from_secs(120));
+        assert!(held.unwrap().is_some(), "the service's copy of {run}/{database} did not end within 120 s");
     }
 
     pub fn push_ok(&self, party: &str, origin: &Path, run: &str, database: &str) {

@@ -73,9 +73,29 @@ pub fn safe_copy(binary: &Path, dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let copy = bin.join(binary.file_name().unwrap());
-    std::fs::copy(binary, &copy).unwrap();
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Copied by a child process, as `write_executable` writes.
+    let status = std::process::Command::new("install").arg("-m").arg("0755").arg(binary).arg(&copy).status().unwrap();
+    assert!(status.success(), "install {} {}", binary.display(), copy.display());
     copy
+}
+
+/// Writes an executable file (mode 0755) through a child process, then renames it into place. Written by this
+/// process, the file's write descriptor could be inherited by a program another test thread starts at that moment,
+/// and running the file would fail with "Text file busy" until that program execs.
+pub fn write_executable(path: &Path, content: &str) {
+    use std::io::Write;
+    static WRITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = path.with_extension(format!("partial-{n}"));
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 0755 \"$1\" && mv -f \"$1\" \"$2\"", "sh"])
+        .arg(&partial)
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "writing {}", path.display());
 }
 
 /// Gives `path` (recursively, symlinks themselves) to a test account.

@@ -96,12 +96,7 @@ impl Sshd {
                 self.dir.path().join("ssh_config").display(),
                 key.display()
             );
-            static WRITES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-            let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let partial = path.with_extension(format!("partial-{n}"));
-            std::fs::write(&partial, script).unwrap();
-            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::rename(&partial, &path).unwrap();
+            super::write_executable(&path, &script);
         }
         path
     }
