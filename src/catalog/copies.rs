@@ -36,7 +36,9 @@ pub fn refresh(config: &Config, party: &str, run: &str, database: &str) -> Resul
             .map_err(|e| format!("cannot make {}: {e}", folder.display()))?;
     }
     let program = &config.sqlite3_rsync;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    sys::die_with_parent(&mut command);
+    let mut child = command
         .arg(&origin)
         .arg(&copy)
         .arg("--exe")

@@ -278,6 +278,20 @@ pub fn run_before_exec(
     }
 }
 
+/// Makes the child `command` starts get SIGKILL when the thread that starts it ends (the service's copy for readers:
+/// a copy left running after the service stopped would read a replica the next push may be writing, since the copy
+/// lock died with the service).
+pub fn die_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure makes one raw system call (prctl), which is async-signal-safe, allocates nothing and takes
+    // no lock, so it may run in the child of a multi-threaded process between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// Renames `from` to `to`, both in `dir`: no path outside the folder is resolved.
 pub fn rename_in(dir: &impl AsRawFd, from: &str, to: &str) -> Result<(), Errno> {
     nix::fcntl::renameat(Some(dir.as_raw_fd()), from, Some(dir.as_raw_fd()), to)
@@ -471,4 +485,31 @@ pub fn file_identity(path: &Path) -> std::io::Result<(u64, u64, i64, i64, u64)> 
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(path)?;
     Ok((meta.dev(), meta.ino(), meta.mtime(), meta.mtime_nsec(), meta.size()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_child_started_to_die_with_its_parent_ends_with_the_thread_that_started_it() {
+        let pid = std::thread::spawn(|| {
+            let mut command = std::process::Command::new("sleep");
+            command.arg("60");
+            super::die_with_parent(&mut command);
+            let child = command.spawn().unwrap();
+            child.id()
+        })
+        .join()
+        .unwrap();
+        // The starting thread has ended: the child is killed (and, never waited for, left a zombie or reaped).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie_or_gone = state.is_empty() || state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
+            if zombie_or_gone {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the child outlived its parent thread: {state}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
