@@ -491,25 +491,27 @@ pub fn file_identity(path: &Path) -> std::io::Result<(u64, u64, i64, i64, u64)> 
 mod tests {
     #[test]
     fn a_child_started_to_die_with_its_parent_ends_with_the_thread_that_started_it() {
-        let pid = std::thread::spawn(|| {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = std::thread::spawn(|| {
             let mut command = std::process::Command::new("sleep");
             command.arg("60");
             super::die_with_parent(&mut command);
-            let child = command.spawn().unwrap();
-            child.id()
+            command.spawn().unwrap()
         })
         .join()
         .unwrap();
-        // The starting thread has ended: the child is killed (and, never waited for, left a zombie or reaped).
+        // The thread that started it has ended: the child is killed.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie_or_gone = state.is_empty() || state.split(") ").nth(1).is_some_and(|s| s.starts_with('Z'));
-            if zombie_or_gone {
-                break;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
             }
-            assert!(std::time::Instant::now() < deadline, "the child outlived its parent thread: {state}");
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the child outlived the thread that started it");
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        };
+        assert_eq!(status.signal(), Some(9), "{status:?}");
     }
 }
