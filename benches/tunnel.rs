@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const GATE: &str = env!("CARGO_BIN_EXE_evosync-gate");
 const EVOSYNC: &str = env!("CARGO_BIN_EXE_evosync");
 
 struct Bench {
@@ -120,35 +119,11 @@ impl Bench {
     fn start() -> Bench {
         let dir = common::test_dir("bench-tunnel");
         let root = dir.path().to_owned();
-        let config = root.join("evosync.yaml");
         let sshd = Sshd::start("");
-        let keys_file = sshd.authorized_keys_path("evosync");
-        std::fs::write(&keys_file, "").unwrap();
-        common::chown_to(&keys_file, "evosync");
-        std::fs::set_permissions(&keys_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let keys_file = sshd.empty_authorized_keys("evosync");
         let port = common::free_loopback_port();
-        let (replicas, policies, state) = (root.join("replicas"), root.join("policies"), root.join("state"));
-        let rsync = common::sqlite3_rsync_path();
-        let listen = format!("127.0.0.1:{port}");
-        let init = [
-            "init",
-            "--replica-root",
-            replicas.to_str().unwrap(),
-            "--policies-dir",
-            policies.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--sqlite3-rsync",
-            rsync.to_str().unwrap(),
-            "--gate",
-            GATE,
-            "--listen",
-            &listen,
-            "--authorized-keys",
-            keys_file.to_str().unwrap(),
-        ];
-        let (ok, _, said) = evosync_json(&config, &init);
-        assert!(ok, "evosync init: {said}");
+        let (config, _) = common::init_central(&root, port, &["--authorized-keys", keys_file.to_str().unwrap()]);
+        let (replicas, policies) = (root.join("replicas"), root.join("policies"));
         let (ok, _, said) = evosync_json(&config, &["party", "add", "acme"]);
         assert!(ok, "{said}");
         std::fs::write(

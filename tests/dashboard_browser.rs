@@ -22,7 +22,6 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-const GATE: &str = env!("CARGO_BIN_EXE_evosync-gate");
 const RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DR_CMA-MAE_dashboard";
 const BETA_RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DS_beta";
 /// Registered through the workers' API with markup in its metadata.
@@ -57,35 +56,10 @@ impl Central {
     fn start_with(name: &str, tls: bool) -> Central {
         let dir = common::test_dir(name);
         let root = dir.path().to_owned();
-        let config = root.join("evosync.yaml");
         let sshd = Sshd::start("");
-        let keys_file = sshd.authorized_keys_path("evosync");
-        std::fs::write(&keys_file, "").unwrap();
-        common::chown_to(&keys_file, "evosync");
-        std::fs::set_permissions(&keys_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let keys_file = sshd.empty_authorized_keys("evosync");
         let port = common::free_loopback_port();
-        let listen = format!("127.0.0.1:{port}");
-        let (replicas, policies, state) = (root.join("replicas"), root.join("policies"), root.join("state"));
-        let rsync = common::sqlite3_rsync_path();
-        let args = [
-            "init",
-            "--replica-root",
-            replicas.to_str().unwrap(),
-            "--policies-dir",
-            policies.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--sqlite3-rsync",
-            rsync.to_str().unwrap(),
-            "--gate",
-            GATE,
-            "--authorized-keys",
-            keys_file.to_str().unwrap(),
-            "--listen",
-            &listen,
-        ];
-        let (ok, init, said) = evosync_json(&config, &args);
-        assert!(ok, "evosync init: {said}");
+        let (config, init) = common::init_central(&root, port, &["--authorized-keys", keys_file.to_str().unwrap()]);
         let admin_token = init["admin_token"].as_str().unwrap().to_owned();
         let cli = |args: &[&str]| {
             let (ok, value, said) = evosync_json(&config, args);

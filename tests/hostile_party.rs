@@ -45,38 +45,14 @@ impl Central {
             String::new()
         };
         let sshd = Sshd::start(&snippet);
-        let listen = format!("127.0.0.1:{port}");
-        let (replicas, policies, state, locks, socket) = (
-            root.join("replicas"),
-            root.join("policies"),
-            root.join("state"),
-            root.join("locks"),
-            root.join("run/gate.sock"),
-        );
-        let rsync = common::sqlite3_rsync_path();
+        let (replicas, locks, socket) = (root.join("replicas"), root.join("locks"), root.join("run/gate.sock"));
         let mode = if per_party { "per-party" } else { "shared" };
-        let mut args = vec![
-            "init",
-            "--replica-root",
-            replicas.to_str().unwrap(),
-            "--policies-dir",
-            policies.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-            "--sqlite3-rsync",
-            rsync.to_str().unwrap(),
-            "--gate",
-            GATE,
-            "--listen",
-            &listen,
-            "--account-mode",
-            mode,
-        ];
+        let mut args = vec!["--account-mode", mode];
         if per_party {
             args.extend(["--locks-dir", locks.to_str().unwrap(), "--gate-socket", socket.to_str().unwrap()]);
         }
-        let (ok, _, said) = evosync_json(&config, &args);
-        assert!(ok, "evosync init: {said}");
+        let (written, _) = common::init_central(&root, port, &args);
+        assert_eq!(written, config);
         for party in ["acme", "beta"] {
             let (ok, _, said) = evosync_json(&config, &["party", "add", party]);
             assert!(ok, "party add {party}: {said}");

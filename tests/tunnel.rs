@@ -24,7 +24,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-const GATE: &str = env!("CARGO_BIN_EXE_evosync-gate");
 const EVOSYNC: &str = env!("CARGO_BIN_EXE_evosync");
 const RUN: &str = "01KFYA32R09C5KJYNH1SM2W1DR_tunnel";
 const HOST_ALIAS: &str = "central-over-https";
@@ -47,37 +46,11 @@ impl Central {
     fn start(name: &str, config_extra: &str, acme_policy_extra: &str) -> Central {
         let dir = common::test_dir(name);
         let root = dir.path().to_owned();
-        let config = root.join("evosync.yaml");
         let sshd = Sshd::start("");
-        let keys_file = sshd.authorized_keys_path("evosync");
-        std::fs::write(&keys_file, "").unwrap();
-        common::chown_to(&keys_file, "evosync");
-        std::fs::set_permissions(&keys_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let keys_file = sshd.empty_authorized_keys("evosync");
         let port = common::free_loopback_port();
-        let listen = format!("127.0.0.1:{port}");
-        let (replicas, policies, state) = (root.join("replicas"), root.join("policies"), root.join("state"));
-        let rsync = common::sqlite3_rsync_path();
-        let (ok, _, said) = evosync_json(
-            &config,
-            &[
-                "init",
-                "--replica-root",
-                replicas.to_str().unwrap(),
-                "--policies-dir",
-                policies.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--sqlite3-rsync",
-                rsync.to_str().unwrap(),
-                "--gate",
-                GATE,
-                "--listen",
-                &listen,
-                "--authorized-keys",
-                keys_file.to_str().unwrap(),
-            ],
-        );
-        assert!(ok, "evosync init: {said}");
+        let (config, _) = common::init_central(&root, port, &["--authorized-keys", keys_file.to_str().unwrap()]);
+        let (replicas, policies) = (root.join("replicas"), root.join("policies"));
         let mut keys = Vec::new();
         for party in ["acme", "beta"] {
             let (ok, _, said) = evosync_json(&config, &["party", "add", party]);

@@ -29,31 +29,10 @@ impl Central {
         super::require_account(READER_ACCOUNT);
         let dir = super::test_dir(name);
         let root = dir.path().to_owned();
-        let config = root.join("evosync.yaml");
         let port = super::free_loopback_port();
         let sshd = Sshd::start("");
-        let listen = format!("127.0.0.1:{port}");
-        let path = |p: &str| root.join(p).display().to_string();
-        let rsync = super::sqlite3_rsync_path().display().to_string();
-        let args = [
-            "init",
-            "--replica-root",
-            &path("replicas"),
-            "--policies-dir",
-            &path("policies"),
-            "--state-dir",
-            &path("state"),
-            "--sqlite3-rsync",
-            &rsync,
-            "--gate",
-            GATE,
-            "--listen",
-            &listen,
-            "--catalog-root",
-            &path("catalog"),
-        ];
-        let (ok, init, said) = evosync_json(&config, &args);
-        assert!(ok, "evosync init: {said}");
+        let catalog = root.join("catalog").display().to_string();
+        let (config, init) = super::init_central(&root, port, &["--catalog-root", &catalog]);
         let admin_token = init["admin_token"].as_str().unwrap().to_owned();
         if !extra_config.is_empty() {
             let text = std::fs::read_to_string(&config).unwrap();

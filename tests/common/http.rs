@@ -2,7 +2,7 @@
 //! command line as JSON.
 
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -107,4 +107,34 @@ impl KeepAlive {
             }
         }
     }
+}
+
+/// `evosync init` of a central in `root`: `replicas/`, `policies/` and `state/` under it, the real sqlite3_rsync and
+/// gate, the service on `127.0.0.1:port`, and `extra` arguments (`--authorized-keys`, `--catalog-root`, …). Writes
+/// `root/evosync.yaml` and returns its path and what `init` said (the admin token among it).
+pub fn init_central(root: &Path, port: u16, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let config = root.join("evosync.yaml");
+    let path = |name: &str| root.join(name).display().to_string();
+    let (replicas, policies, state) = (path("replicas"), path("policies"), path("state"));
+    let rsync = super::sqlite3_rsync_path().display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "init",
+        "--replica-root",
+        &replicas,
+        "--policies-dir",
+        &policies,
+        "--state-dir",
+        &state,
+        "--sqlite3-rsync",
+        &rsync,
+        "--gate",
+        env!("CARGO_BIN_EXE_evosync-gate"),
+        "--listen",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    let (ok, said_json, said) = evosync_json(&config, &args);
+    assert!(ok, "evosync init: {said}");
+    (config, said_json)
 }

@@ -86,6 +86,15 @@ impl Sshd {
         self.dir.path().join("authorized_keys").join(user)
     }
 
+    /// `user`'s authorized_keys file, empty, theirs and 0600, for `evosync init --authorized-keys` to manage.
+    pub fn empty_authorized_keys(&self, user: &str) -> PathBuf {
+        let keys_file = self.authorized_keys_path(user);
+        std::fs::write(&keys_file, "").unwrap();
+        super::chown_to(&keys_file, user);
+        std::fs::set_permissions(&keys_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        keys_file
+    }
+
     /// An ssh program for `sqlite3_rsync --ssh`: ssh with this sshd's client config and `key`.
     pub fn ssh_wrapper(&self, key: &Path) -> PathBuf {
         let name = key.file_name().unwrap().to_string_lossy();
