@@ -44,8 +44,7 @@ pub fn replica(
     database: &str,
     wait: Duration,
 ) -> Result<Option<Held>, LockFileError> {
-    let path = party_dir(locks_dir, party)?.join(replica_lock_name(run, database));
-    first_free(&[path], Instant::now() + wait)
+    one_lock(locks_dir, party, &replica_lock_name(run, database), wait)
 }
 
 /// `copy-<32 hex>.lock`, as `replica_lock_name`.
@@ -63,8 +62,12 @@ pub fn copy(
     database: &str,
     wait: Duration,
 ) -> Result<Option<Held>, LockFileError> {
-    let path = party_dir(locks_dir, party)?.join(copy_lock_name(run, database));
-    first_free(&[path], Instant::now() + wait)
+    one_lock(locks_dir, party, &copy_lock_name(run, database), wait)
+}
+
+/// The lock file `name` of `party`, waited for until `wait` has passed.
+fn one_lock(locks_dir: &Path, party: &str, name: &str, wait: Duration) -> Result<Option<Held>, LockFileError> {
+    first_free(&[party_dir(locks_dir, party)?.join(name)], Instant::now() + wait)
 }
 
 /// Takes the first free lock among `paths`, polling until `deadline`; `None` when all stayed busy.
