@@ -223,7 +223,7 @@ fn ledger(central: &Central, run: &str) -> (f64, f64, bool, u64) {
             "SELECT seconds, coalesce(verify_seconds, -1), coalesce(verified, 0), coalesce(replica_bytes, 0) \
              FROM sync_ledger WHERE run = ?1 AND database = ?2 ORDER BY id DESC LIMIT 1",
             [run, DATABASE],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? as u64)),
         )
         .unwrap()
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "evosync", version, about = "Administer the evosync central host")]
+#[command(name = "evosync", version, long_version = LONG_VERSION.as_str(), about = "Administer the evosync central host")]
 struct Cli {
     /// Configuration file [default: $EVOSYNC_CONFIG, else /etc/evosync/evosync.yaml]
     #[arg(long, global = true)]
@@ -674,3 +674,7 @@ fn key_lines<K>(
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `evosync --version`: the program's version and the SQLite it reads and writes with.
+static LONG_VERSION: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{} (SQLite {})", env!("CARGO_PKG_VERSION"), crate::store::sqlite_version().0));

@@ -47,6 +47,7 @@ type Check = fn(&Host) -> Finding;
 /// Every check, in the order printed.
 pub const CHECKS: &[Check] = &[
     configuration,
+    sqlite_library,
     gate_binary,
     sqlite3_rsync,
     landlock,
@@ -105,6 +106,21 @@ fn configuration(host: &Host) -> Finding {
             format!("fix {} (or write one with `evosync init`)", host.config_path.display()),
         ),
     }
+}
+
+/// The SQLite evosync reads and writes its store, the verifications and the copies with (bundled by rusqlite):
+/// 3.51.3 fixed a corruption of WAL databases written or checkpointed by two connections at once, which is the
+/// store's pattern (the gates and the service are separate processes).
+fn sqlite_library(_host: &Host) -> Finding {
+    let (version, number) = crate::store::sqlite_version();
+    if number < crate::store::MIN_SQLITE_VERSION {
+        return fail(
+            "sqlite",
+            format!("SQLite {version} (older than 3.51.3, which fixed the WAL-reset corruption)"),
+            "build evosync with its locked rusqlite (bundled SQLite 3.54.1): cargo build --release --locked",
+        );
+    }
+    ok("sqlite", format!("SQLite {version} (bundled)"))
 }
 
 /// First line of `program --version`, run with a clean environment.

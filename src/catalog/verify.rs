@@ -170,7 +170,7 @@ pub fn inspect(path: &Path, expected: &[TableSpec], budget: Budget) -> Result<()
         .map_err(|e| Problem::Unreadable(e.to_string()))?;
     check_header(&header[..read])?;
     let started = Instant::now();
-    let conn = open_hardened(path, budget).map_err(|e| Problem::Unreadable(e.to_string()))?;
+    let mut conn = open_hardened(path, budget).map_err(|e| Problem::Unreadable(e.to_string()))?;
     let timed_out = |e: rusqlite::Error| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
             Problem::TimeBudget(budget.time.as_secs())
@@ -178,7 +178,8 @@ pub fn inspect(path: &Path, expected: &[TableSpec], budget: Budget) -> Result<()
         e => Problem::Unreadable(e.to_string()),
     };
     let started_at = started;
-    conn.progress_handler(1000, Some(move || started_at.elapsed() > budget.time));
+    conn.progress_handler(1000, Some(move || started_at.elapsed() > budget.time))
+        .map_err(|e| Problem::Unreadable(e.to_string()))?;
     let objects = conn
         .prepare("SELECT type, name, sql FROM sqlite_schema")
         .and_then(|mut s| {
@@ -378,11 +379,11 @@ mod tests {
             conn.execute("INSERT INTO genomes VALUES (?1, randomblob(300))", [format!("id{n:05}")]).unwrap();
         }
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
-        let root: usize =
+        let root: i64 =
             conn.query_row("SELECT rootpage FROM sqlite_schema WHERE name = 'genomes'", [], |r| r.get(0)).unwrap();
         drop(conn);
         let mut bytes = std::fs::read(&corrupt).unwrap();
-        let page = 4096 * (root - 1);
+        let page = 4096 * (root as usize - 1);
         for (i, b) in bytes[page + 12..page + 4096].iter_mut().enumerate() {
             *b = (i * 131 % 251) as u8;
         }

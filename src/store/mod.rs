@@ -26,6 +26,14 @@ use std::time::Duration;
 
 pub const STORE_FILE: &str = "state.db";
 
+/// SQLite 3.51.3 as `sqlite3_libversion_number` writes it: the first release without the WAL-reset corruption.
+pub const MIN_SQLITE_VERSION: i32 = 3_051_003;
+
+/// The SQLite this binary uses, as text and as number.
+pub fn sqlite_version() -> (&'static str, i32) {
+    (rusqlite::version(), rusqlite::version_number())
+}
+
 /// Each entry brings the schema from version `index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -143,6 +151,28 @@ UPDATE admin_tokens SET expires_at = CAST(strftime('%s', 'now') AS INTEGER) + 90
     // the tunnel existed came straight.
     r#"
 ALTER TABLE sync_ledger ADD COLUMN transport TEXT NOT NULL DEFAULT 'ssh';
+"#,
+    // The catalog's work (`catalog::pipeline`): one row per replica whose last push has not had its verdict yet,
+    // written before the worker is let go (and while a push runs), so that no crash loses one. Whether each push
+    // changed its replica (the gate reads it from the replica's WAL; NULL when it could not tell). Each party's
+    // usage as last measured, so that a restarted service has a figure before its first walk ends.
+    r#"
+CREATE TABLE catalog_jobs (
+    party      TEXT NOT NULL,
+    run        TEXT NOT NULL,
+    database   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    ledger_id  INTEGER,
+    since      INTEGER NOT NULL,
+    PRIMARY KEY (party, run, database)
+) WITHOUT ROWID;
+ALTER TABLE sync_ledger ADD COLUMN changed INTEGER;
+CREATE TABLE party_usage (
+    party        TEXT PRIMARY KEY,
+    bytes        INTEGER NOT NULL,
+    files        INTEGER NOT NULL,
+    measured_at  INTEGER NOT NULL
+) WITHOUT ROWID;
 "#,
 ];
 
