@@ -331,7 +331,7 @@ fn run_name(n: usize) -> String {
 
 /// A run folder in a party's tree: its databases and the folders the reader serves files from.
 fn make_run_folder(folder: &Path) {
-    for sub in evosync::catalog::publish::RUN_FOLDERS {
+    for sub in evosync::catalog::home::RUN_FOLDERS {
         std::fs::create_dir_all(folder.join(sub)).unwrap();
     }
     for database in ["genomes.sqlite", "features.sqlite"] {
@@ -342,7 +342,7 @@ fn make_run_folder(folder: &Path) {
 /// A published run as the service lays it out: a real folder of symlinks into the party's tree.
 fn publish(folder: &Path, run: &Path) {
     std::fs::create_dir_all(folder).unwrap();
-    for name in ["genomes.sqlite", "features.sqlite"].into_iter().chain(evosync::catalog::publish::RUN_FOLDERS) {
+    for name in ["genomes.sqlite", "features.sqlite"].into_iter().chain(evosync::catalog::home::RUN_FOLDERS) {
         std::os::unix::fs::symlink(run.join(name), folder.join(name)).unwrap();
     }
 }

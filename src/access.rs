@@ -7,7 +7,8 @@ use crate::policy::Limits;
 use crate::store::{AdminToken, ApiKey, SshKey, Store, StoreError};
 
 /// Whether a key (SSH or API) may be used now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KeyState {
     Active,
     Revoked,
@@ -69,7 +70,8 @@ pub fn active_ssh_keys(store: &Store, now: i64) -> Result<Vec<SshKey>, StoreErro
 }
 
 /// Whose a run is, as seen by the party asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RunOwner {
     /// Nobody has claimed it yet.
     Nobody,
@@ -106,14 +108,60 @@ pub fn claim_run(store: &Store, party: &str, run: &str) -> Result<(), ClaimError
 }
 
 /// A party's footprint: bytes of regular files, and entries (files and folders).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub bytes: u64,
     pub files: u64,
 }
 
+/// A change to a party's usage that may shrink it (a push that made a replica smaller, copies removed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Change {
+    pub bytes: i64,
+    pub files: i64,
+}
+
+impl Change {
+    /// From `before` to `after`.
+    pub fn between(before: Usage, after: Usage) -> Change {
+        Change { bytes: after.bytes as i64 - before.bytes as i64, files: after.files as i64 - before.files as i64 }
+    }
+
+    fn apply(self, usage: Usage) -> Usage {
+        Usage {
+            bytes: usage.bytes.saturating_add_signed(self.bytes),
+            files: usage.files.saturating_add_signed(self.files),
+        }
+    }
+
+    fn plus(self, other: Change) -> Change {
+        Change { bytes: self.bytes.saturating_add(other.bytes), files: self.files.saturating_add(other.files) }
+    }
+}
+
+/// What a party stores, by the one rule both doors and the catalog count it: its tree (replicas, and anything else
+/// pushed there) plus the home of each of its runs (`catalog::home`: the verified copies readers get, and the
+/// analysis files it uploaded). Walks both; the service does it off the request path (`UsageBook`).
+pub fn measure(
+    tree: &crate::fs::confine::PartyTree,
+    homes: Option<&crate::catalog::home::Homes>,
+    runs: &[String],
+) -> Result<Usage, String> {
+    let mut usage = tree.usage().map_err(|e| e.to_string())?;
+    let Some(homes) = homes else { return Ok(usage) };
+    for run in runs {
+        if let Some(home) = homes.find(run).map_err(|e| e.to_string())? {
+            let held = homes.usage(&home).map_err(|e| e.to_string())?;
+            usage =
+                Usage { bytes: usage.bytes.saturating_add(held.bytes), files: usage.files.saturating_add(held.files) };
+        }
+    }
+    Ok(usage)
+}
+
 /// Why there is no room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "limit", rename_all = "snake_case")]
 pub enum OverQuota {
     /// `max_party_bytes`: `used` counts what is stored and what is reserved.
     Bytes { used: u64, max: u64 },
@@ -166,39 +214,59 @@ impl Headroom {
         }
     }
 
-    /// Room for a push of a replica that holds `current_bytes` now and adds `new_files` entries: as much of
-    /// `max_db_bytes` as the party has left. Refused when nothing is left. Returns (RLIMIT_FSIZE, bytes to reserve).
-    pub fn for_push(&self, limits: &Limits, current_bytes: u64, new_files: u64) -> Result<(u64, u64), OverQuota> {
+    /// Room for a push of a replica that holds `current_bytes` now, whose verified copy holds `copy_bytes`, and that
+    /// adds `new_files` entries. The copy follows the replica once the push passes, so the replica may grow only as
+    /// far as the party has room for both: RLIMIT_FSIZE is `(left + current + copy) / 2`, up to `max_db_bytes`.
+    /// Refused when nothing is left. Returns (RLIMIT_FSIZE, bytes to reserve: the replica's and its copy's growth).
+    pub fn for_push(
+        &self,
+        limits: &Limits,
+        current_bytes: u64,
+        copy_bytes: u64,
+        new_files: u64,
+    ) -> Result<(u64, u64), OverQuota> {
         self.fits(Usage { bytes: 0, files: new_files })?;
         let max_db = limits.max_db_bytes.0;
-        let fsize_limit = match (self.bytes, self.max_bytes) {
-            (Some(0), Some(max)) => return Err(OverQuota::Bytes { used: self.taken.bytes, max }),
-            (Some(left), _) => max_db.min(left.saturating_add(current_bytes)),
-            (None, _) => max_db,
-        };
-        Ok((fsize_limit, fsize_limit.saturating_sub(current_bytes)))
+        match (self.bytes, self.max_bytes) {
+            (Some(0), Some(max)) => Err(OverQuota::Bytes { used: self.taken.bytes, max }),
+            (Some(left), _) => {
+                let both = left.saturating_add(current_bytes).saturating_add(copy_bytes) / 2;
+                let fsize_limit = max_db.min(both).max(1);
+                let growth = (fsize_limit.saturating_sub(current_bytes))
+                    .saturating_add(fsize_limit.saturating_sub(copy_bytes))
+                    .min(left);
+                Ok((fsize_limit, growth))
+            }
+            (None, _) => Ok((max_db, max_db.saturating_sub(current_bytes))),
+        }
     }
 }
 
-/// The book of every party's quota in a long-lived process: the last measured usage, what uploads and pushes in
-/// flight have reserved, and what finished ones added since. A reservation is granted only against the headroom left
-/// after every other reservation, so concurrent writers together never pass a party's limits.
+/// The book of every party's usage in a long-lived process (`evosync serve`): the figure (measured, or remembered from
+/// the store, plus every change since), and what uploads and pushes in flight have reserved. A reservation is granted
+/// only against the headroom left after every other one, so concurrent writers together never pass a party's
+/// limits.
+///
+/// Nothing here walks a tree: the operations that change a party's files report what they changed (`settle`,
+/// `change`), and a walk (`start_walk`, at most one per party at a time) runs off the request path, its result
+/// joined with the changes made while it ran. A request never waits for a walk.
 #[derive(Default)]
-pub struct Reservations {
+pub struct UsageBook {
     parties: std::sync::Mutex<std::collections::HashMap<String, Book>>,
 }
 
 #[derive(Default)]
 struct Book {
-    /// The last walk's figure, kept current by what finished since; `None` until measured or after `stale`.
-    used: Option<(Usage, std::time::Instant)>,
+    /// `None` until measured or remembered.
+    used: Option<Usage>,
+    /// When it was last measured.
+    measured_at: Option<std::time::Instant>,
+    /// A walk is in flight: the changes made since it started, to add to what it finds.
+    walking: Option<Change>,
     reserved: Usage,
 }
 
-/// How long a walk's figure is trusted before the tree is walked again.
-const USAGE_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A reservation to hand back with `Reservations::settle`.
+/// A reservation to hand back with `UsageBook::settle`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reserved {
     pub party: String,
@@ -218,82 +286,120 @@ impl Reserved {
     }
 }
 
-impl Reservations {
-    /// Reserves `room` whole for `party` (an upload). `measure` walks the party's tree when the book has no fresh
-    /// figure.
-    pub fn reserve<E>(
-        &self,
-        party: &str,
-        limits: &Limits,
-        room: Usage,
-        measure: impl FnOnce() -> Result<Usage, E>,
-    ) -> Result<Result<Reserved, OverQuota>, E> {
-        self.measure_if_stale(party, measure)?;
-        Ok(self.with_book(party, |book| {
-            Headroom::of(limits, book.used(), book.reserved).fits(room)?;
-            book.reserved = add(book.reserved, room);
-            Ok(Reserved { party: party.to_owned(), room })
-        }))
+/// The right to measure a party: held by the one walk in flight, given back when dropped.
+pub struct Walk<'a> {
+    book: &'a UsageBook,
+    pub party: String,
+    finished: bool,
+}
+
+impl Walk<'_> {
+    /// Takes what the walk found (with every change made while it ran) as the party's figure; returns it.
+    pub fn finish(mut self, measured: Usage) -> Usage {
+        self.finished = true;
+        self.book.with_book(&self.party, |book| {
+            let since = book.walking.take().unwrap_or_default();
+            let used = since.apply(measured);
+            book.used = Some(used);
+            book.measured_at = Some(std::time::Instant::now());
+            used
+        })
+    }
+}
+
+impl Drop for Walk<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.book.with_book(&self.party, |book| book.walking = None);
+        }
+    }
+}
+
+impl UsageBook {
+    /// Takes a remembered figure for a party that has none yet (the store's, at start).
+    pub fn remember(&self, party: &str, usage: Usage) {
+        self.with_book(party, |book| {
+            if book.used.is_none() {
+                book.used = Some(usage);
+            }
+        });
     }
 
-    /// Reserves for a push of a replica that holds `current_bytes` now: as many bytes as are left, up to
-    /// `max_db_bytes`, and `new_files` entries. Returns the child's RLIMIT_FSIZE with the reservation.
-    pub fn reserve_push<E>(
+    /// Reserves `room` whole for `party` (an upload).
+    pub fn reserve(&self, party: &str, limits: &Limits, room: Usage) -> Result<Reserved, OverQuota> {
+        self.with_book(party, |book| {
+            Headroom::of(limits, book.figure(), book.reserved).fits(room)?;
+            book.reserved = add(book.reserved, room);
+            Ok(Reserved { party: party.to_owned(), room })
+        })
+    }
+
+    /// Reserves for a push (`Headroom::for_push`). Returns the child's RLIMIT_FSIZE with the reservation.
+    pub fn reserve_push(
         &self,
         party: &str,
         limits: &Limits,
         current_bytes: u64,
+        copy_bytes: u64,
         new_files: u64,
-        measure: impl FnOnce() -> Result<Usage, E>,
-    ) -> Result<Result<(u64, Reserved), OverQuota>, E> {
-        self.measure_if_stale(party, measure)?;
-        Ok(self.with_book(party, |book| {
-            let headroom = Headroom::of(limits, book.used(), book.reserved);
-            let (fsize_limit, bytes) = headroom.for_push(limits, current_bytes, new_files)?;
+    ) -> Result<(u64, Reserved), OverQuota> {
+        self.with_book(party, |book| {
+            let headroom = Headroom::of(limits, book.figure(), book.reserved);
+            let (fsize_limit, bytes) = headroom.for_push(limits, current_bytes, copy_bytes, new_files)?;
             let room = Usage { bytes, files: new_files };
             book.reserved = add(book.reserved, room);
             Ok((fsize_limit, Reserved { party: party.to_owned(), room }))
-        }))
+        })
     }
 
-    /// The party's headroom now (measuring when the book has no fresh figure).
-    pub fn headroom<E>(
-        &self,
-        party: &str,
-        limits: &Limits,
-        measure: impl FnOnce() -> Result<Usage, E>,
-    ) -> Result<Headroom, E> {
-        self.measure_if_stale(party, measure)?;
-        Ok(self.with_book(party, |book| Headroom::of(limits, book.used(), book.reserved)))
-    }
-
-    /// Walks (outside the lock, so other parties need not wait for this tree) when the figure is missing, or old
-    /// while nothing is in flight. With writers in flight a walk would count their partial files twice.
-    fn measure_if_stale<E>(&self, party: &str, measure: impl FnOnce() -> Result<Usage, E>) -> Result<(), E> {
-        let fresh = self.with_book(party, |book| match book.used {
-            None => false,
-            Some((_, at)) => at.elapsed() < USAGE_FRESH || book.reserved != Usage::default(),
-        });
-        if !fresh {
-            let measured = measure()?;
-            self.with_book(party, |book| book.used = Some((measured, std::time::Instant::now())));
-        }
-        Ok(())
+    /// The party's headroom now.
+    pub fn headroom(&self, party: &str, limits: &Limits) -> Headroom {
+        self.with_book(party, |book| Headroom::of(limits, book.figure(), book.reserved))
     }
 
     /// Hands a reservation back, with what its writer actually changed: `added` stored, `removed` replaced.
     pub fn settle(&self, reserved: &Reserved, added: Usage, removed: Usage) {
         self.with_book(&reserved.party, |book| {
             book.reserved = sub(book.reserved, reserved.room);
-            if let Some((used, _)) = &mut book.used {
-                *used = sub(add(*used, added), removed);
+        });
+        let change = Change::between(removed, added);
+        if change != Change::default() {
+            self.change(&reserved.party, change);
+        }
+    }
+
+    /// Records what an operation changed in a party's files (a push, a copy, a withdrawal).
+    pub fn change(&self, party: &str, change: Change) {
+        self.with_book(party, |book| {
+            if let Some(used) = &mut book.used {
+                *used = change.apply(*used);
+            }
+            if let Some(since) = &mut book.walking {
+                *since = since.plus(change);
             }
         });
     }
 
-    /// Forgets the measured usage (a push changed the tree by an amount only a walk knows).
-    pub fn stale(&self, party: &str) {
-        self.with_book(party, |book| book.used = None);
+    /// The right to walk `party`'s files, unless a walk of them is in flight already (single flight).
+    pub fn start_walk(&self, party: &str) -> Option<Walk<'_>> {
+        let started = self.with_book(party, |book| {
+            if book.walking.is_some() {
+                return false;
+            }
+            book.walking = Some(Change::default());
+            true
+        });
+        started.then(|| Walk { book: self, party: party.to_owned(), finished: false })
+    }
+
+    /// Whether `party` was never measured, or not within `age`.
+    pub fn needs_walk(&self, party: &str, age: std::time::Duration) -> bool {
+        self.with_book(party, |book| book.measured_at.is_none_or(|at| at.elapsed() >= age))
+    }
+
+    /// The figure, when there is one.
+    pub fn figure(&self, party: &str) -> Option<Usage> {
+        self.with_book(party, |book| book.used)
     }
 
     fn with_book<T>(&self, party: &str, f: impl FnOnce(&mut Book) -> T) -> T {
@@ -306,8 +412,10 @@ impl Reservations {
 }
 
 impl Book {
-    fn used(&self) -> Usage {
-        self.used.map(|(used, _)| used).unwrap_or_default()
+    /// Without a figure yet (a party the service has neither measured nor remembered: a new one) its tree is taken as
+    /// empty until the first walk, which `evosync serve` starts for every party when it starts.
+    fn figure(&self) -> Usage {
+        self.used.unwrap_or_default()
     }
 }
 
@@ -344,38 +452,52 @@ mod tests {
         let used = Usage { bytes: 950, files: 4 };
         let headroom = Headroom::of(&limits, used, Usage::default());
         assert_eq!((headroom.bytes, headroom.files), (Some(50), 6));
-        assert_eq!(headroom.for_push(&limits, 30, 1), Ok((80, 50)));
-        assert_eq!(Headroom::of(&limits, Usage::default(), Usage::default()).for_push(&limits, 30, 1), Ok((100, 70)));
+        // 50 left, a replica of 30 with its copy of 30: each may grow to 55, capped by max_db_bytes... here to 55.
+        assert_eq!(headroom.for_push(&limits, 30, 30, 1), Ok((55, 50)));
+        // No copy yet: the replica and its first copy share what is left.
+        let empty = Headroom::of(&limits, Usage::default(), Usage::default());
+        assert_eq!(empty.for_push(&limits, 0, 0, 1), Ok((100, 200)));
         assert_eq!(headroom.fits(Usage { bytes: 51, files: 0 }), Err(OverQuota::Bytes { used: 950, max: 1000 }));
         assert_eq!(headroom.fits(Usage { bytes: 0, files: 7 }), Err(OverQuota::Files { used: 4, max: 10 }));
         let full = Headroom::of(&limits, Usage { bytes: 1000, files: 0 }, Usage::default());
-        assert_eq!(full.for_push(&limits, 30, 0), Err(OverQuota::Bytes { used: 1000, max: 1000 }));
+        assert_eq!(full.for_push(&limits, 30, 30, 0), Err(OverQuota::Bytes { used: 1000, max: 1000 }));
         let unlimited = Limits { max_party_bytes: None, ..limits.clone() };
-        assert_eq!(Headroom::of(&unlimited, used, Usage::default()).for_push(&unlimited, 30, 0), Ok((100, 70)));
+        assert_eq!(Headroom::of(&unlimited, used, Usage::default()).for_push(&unlimited, 30, 30, 0), Ok((100, 70)));
     }
 
     #[test]
     fn reservations_never_pass_the_quota_together() {
         let limits = Limits { max_party_bytes: Some(ByteSize(1_000_000)), ..Limits::default() };
-        let book = Reservations::default();
-        let walks = std::cell::Cell::new(0);
-        let measure = || -> Result<Usage, ()> {
-            walks.set(walks.get() + 1);
-            Ok(Usage::default())
-        };
+        let book = UsageBook::default();
+        book.remember("acme", Usage::default());
         let upload = Usage { bytes: 600_000, files: 1 };
-        let first = book.reserve("acme", &limits, upload, measure).unwrap().unwrap();
-        assert!(matches!(book.reserve("acme", &limits, upload, measure).unwrap(), Err(OverQuota::Bytes { .. })));
-        assert!(book.reserve("beta", &limits, upload, measure).unwrap().is_ok(), "each party has its own book");
-        // A push gets what is left, no more.
-        let (fsize_limit, push) = book.reserve_push("acme", &limits, 0, 1, measure).unwrap().unwrap();
-        assert_eq!((fsize_limit, push.room.bytes), (400_000, 400_000));
-        assert!(book.reserve_push("acme", &limits, 0, 1, measure).unwrap().is_err());
-        // Handed back: the upload stored 500 KB of its 600 KB; the push's bytes come back for a walk to count.
+        let first = book.reserve("acme", &limits, upload).unwrap();
+        assert!(matches!(book.reserve("acme", &limits, upload), Err(OverQuota::Bytes { .. })));
+        assert!(book.reserve("beta", &limits, upload).is_ok(), "each party has its own book");
+        // A push gets half of what is left (its copy will follow it), no more.
+        let (fsize_limit, push) = book.reserve_push("acme", &limits, 0, 0, 1).unwrap();
+        assert_eq!((fsize_limit, push.room.bytes), (200_000, 400_000));
+        assert!(book.reserve_push("acme", &limits, 0, 0, 1).is_err());
         book.settle(&first, Usage { bytes: 500_000, files: 1 }, Usage::default());
         book.settle(&push, Usage::default(), Usage::default());
-        let headroom = book.headroom("acme", &limits, measure).unwrap();
-        assert_eq!(headroom.bytes, Some(500_000));
-        assert_eq!(walks.get(), 2, "one walk per party while the figure is fresh");
+        book.change("acme", Change { bytes: 150_000, files: 3 });
+        assert_eq!(book.headroom("acme", &limits).bytes, Some(350_000));
+        assert_eq!(book.figure("acme"), Some(Usage { bytes: 650_000, files: 4 }));
+    }
+
+    #[test]
+    fn one_walk_at_a_time_and_what_changed_meanwhile_counts() {
+        let book = UsageBook::default();
+        assert!(book.needs_walk("acme", std::time::Duration::from_secs(3600)));
+        let walk = book.start_walk("acme").unwrap();
+        assert!(book.start_walk("acme").is_none(), "single flight");
+        book.change("acme", Change { bytes: 10, files: 1 });
+        assert_eq!(walk.finish(Usage { bytes: 100, files: 5 }), Usage { bytes: 110, files: 6 });
+        assert!(!book.needs_walk("acme", std::time::Duration::from_secs(3600)));
+        let abandoned = book.start_walk("acme").unwrap();
+        drop(abandoned);
+        assert!(book.start_walk("acme").is_some(), "a walk given up frees the party for the next");
+        book.change("acme", Change { bytes: -200, files: -10 });
+        assert_eq!(book.figure("acme"), Some(Usage::default()), "never below nothing");
     }
 }

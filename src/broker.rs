@@ -9,6 +9,7 @@
 //! Framing: one JSON object per line each way, a line at most `MAX_LINE` bytes. The protocol types and the peer rule
 //! live here because both wings speak them: `gate::central` (blocking client) and `serve::broker` (tokio server).
 
+use crate::access::{KeyState, OverQuota, RunOwner};
 use crate::store::LedgerRow;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -34,15 +35,54 @@ pub enum Request {
     /// Claims `run` for `party` (its folder exists now).
     Claim { party: String, run: String },
     /// Room for a push of `run/database`, which holds `current_bytes` now and would add `new_files` files and
-    /// folders. Held until `Finish`, or until this connection closes.
+    /// folders. Only a gate holding the replica's lock may ask; from here until `Finish` the replica counts as being
+    /// pushed (`catalog::pipeline`). Held until `Finish`, or until this connection closes.
     Reserve { party: String, run: String, database: String, current_bytes: u64, new_files: u64 },
-    /// One record for the hash-chained audit trail.
-    Audit { party: String, actor: String, subject: String, outcome: String, detail: String },
-    /// The push has ended: its ledger row. Releases the reservation.
+    /// One of the gate's own records for the hash-chained audit trail.
+    Audit(GateRecord),
+    /// The push reserved on this connection has ended: its ledger row. Releases the reservation; answered once the
+    /// push's schema passed (`Done`) or did not (`Refused`).
     Finish { ledger: LedgerRow },
     /// Did the SSH session from `client` to `server` (sshd's `SSH_CONNECTION`) come through the service's tunnel,
     /// and with whose API key? Changes nothing.
     Transport { client: SocketAddr, server: SocketAddr },
+}
+
+/// What a gate may record in the audit trail: its decision on a session and a push's outcome, for its own party, in
+/// the gate's words. The service writes it as the gate's (`gate:…` actor, `gate` action); nothing else can be said
+/// through it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateRecord {
+    pub party: String,
+    /// `gate` or `gate:key:ID`.
+    pub actor: String,
+    /// `RUN` or `RUN/DATABASE` (empty before the command named one).
+    pub subject: String,
+    pub outcome: GateOutcome,
+    pub detail: String,
+}
+
+/// The outcomes a gate records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateOutcome {
+    Allow,
+    /// Refused, with the refusal's code (`gate::refusal::RefusalCode::label`).
+    Refuse(String),
+    /// The sync ended with this exit (`0`, `signal-9`, `timeout`, `memory_limit`).
+    Done(String),
+}
+
+impl GateOutcome {
+    /// As the audit trail's `outcome` column holds it.
+    pub fn text(&self) -> String {
+        match self {
+            GateOutcome::Allow => "allow".into(),
+            GateOutcome::Refuse(code) => format!("refuse:{code}"),
+            GateOutcome::Done(exit) => format!("done:{exit}"),
+        }
+    }
 }
 
 impl Request {
@@ -53,19 +93,27 @@ impl Request {
             Request::RunOwner { party, .. }
             | Request::Claim { party, .. }
             | Request::Reserve { party, .. }
-            | Request::Audit { party, .. } => Some(party),
+            | Request::Audit(GateRecord { party, .. }) => Some(party),
             Request::Finish { ledger } => Some(&ledger.party),
         }
     }
 
-    /// Are the names it carries what a gate sends: a party name, runs and databases single plain path segments?
-    /// The service uses them in paths and keys, so a peer that sends others (only a broken or subverted gate would)
-    /// is answered without anything done.
+    /// Are the names it carries what a gate sends: a party name, runs and databases single plain path segments, an
+    /// audit record a gate's? The service uses them in paths and keys, so a peer that sends others (only a broken or
+    /// subverted gate would) is answered without anything done.
     pub fn names_are_plain(&self) -> bool {
         use crate::names::{is_party_name, is_plain_segment};
         match self {
-            Request::Key { .. } | Request::Transport { .. } | Request::Audit { .. } => {
-                self.party().is_none_or(is_party_name)
+            Request::Key { .. } | Request::Transport { .. } => true,
+            Request::Audit(record) => {
+                let actor_is_gate =
+                    record.actor == "gate" || record.actor.strip_prefix("gate:key:").is_some_and(is_plain_segment);
+                let subject_is_plain = record.subject.is_empty()
+                    || record.subject.splitn(2, '/').all(is_plain_segment) && record.subject.split('/').count() <= 2;
+                (record.party.is_empty() || is_party_name(&record.party))
+                    && actor_is_gate
+                    && subject_is_plain
+                    && record.detail.len() <= 4096
             }
             Request::RunOwner { party, run } | Request::Claim { party, run } => {
                 is_party_name(party) && is_plain_segment(run)
@@ -80,35 +128,6 @@ impl Request {
     }
 }
 
-/// Whose a run is, on the wire (`access::RunOwner`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Owner {
-    Nobody,
-    Asker,
-    Another,
-}
-
-/// Why a key may not log in (`access::KeyState`), or that it is not known to the asker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyRefusal {
-    Unknown,
-    Revoked,
-    Expired,
-    PartyDisabled,
-}
-
-/// Why the service would not grant room for a push.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QuotaRefusal {
-    /// At or over `max_party_bytes`.
-    Bytes,
-    /// At `max_party_files`.
-    Files,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Answer {
@@ -116,12 +135,15 @@ pub enum Answer {
     Key {
         party: String,
     },
+    /// No such key, or (to a party's own account) another party's.
+    KeyUnknown,
+    /// The key may not log in now (`access::KeyState`, never `Active`).
     KeyRefused {
-        why: KeyRefusal,
-        party: Option<String>,
+        state: KeyState,
+        party: String,
     },
     Owner {
-        owner: Owner,
+        owner: RunOwner,
     },
     /// The run belongs to another party.
     RunOwned,
@@ -130,9 +152,11 @@ pub enum Answer {
         fsize_limit: u64,
     },
     OverQuota {
-        why: QuotaRefusal,
-        used: u64,
-        max: u64,
+        over: OverQuota,
+    },
+    /// The push ended, and what it left does not pass the schema its policy allows: the worker is told why.
+    Refused {
+        reason: String,
     },
     /// The SSH session came straight to sshd, not through the tunnel.
     Direct,
@@ -141,8 +165,10 @@ pub enum Answer {
     Tunnel {
         party: Option<String>,
     },
-    /// The caller may not ask this (another party's business).
-    Forbidden,
+    /// The caller may not ask this (another party's business, or a push it does not hold), and why.
+    Forbidden {
+        reason: String,
+    },
     /// The service could not answer (its store failed, say); the gate refuses and logs `error`.
     Failed {
         error: String,
@@ -215,6 +241,7 @@ mod tests {
                 exit: "0".into(),
                 replica_bytes: None,
                 transport: Default::default(),
+                changed: None,
             },
         };
         assert!(finish("acme", "01KFYA32R09C5KJYNH1SM2W1DR_run", "genomes.sqlite").names_are_plain());
@@ -230,6 +257,20 @@ mod tests {
         assert!(!Request::Claim { party: "acme".into(), run: "a/b".into() }.names_are_plain());
         assert!(!Request::RunOwner { party: "ACME".into(), run: "R".into() }.names_are_plain());
         assert!(Request::Key { id: "anything".into() }.names_are_plain());
+        let record = |actor: &str, subject: &str| {
+            Request::Audit(GateRecord {
+                party: "acme".into(),
+                actor: actor.into(),
+                subject: subject.into(),
+                outcome: GateOutcome::Allow,
+                detail: String::new(),
+            })
+        };
+        assert!(record("gate", "R/genomes.sqlite").names_are_plain());
+        assert!(record("gate:key:k1", "").names_are_plain());
+        for (actor, subject) in [("admin", "R"), ("serve:catalog", "R"), ("gate", "R/a/b"), ("gate", "../R")] {
+            assert!(!record(actor, subject).names_are_plain(), "{actor} {subject}");
+        }
     }
 
     #[test]
@@ -247,7 +288,7 @@ mod tests {
         assert_eq!(decode::<Request>(br#"{"op":"reserve","party":"acme"}"#), None);
         assert_eq!(decode::<Request>(br#"{"op":"key","id":"x","extra":1}"#), None);
         assert_eq!(decode::<Request>(&vec![b' '; MAX_LINE + 1]), None);
-        let answer = Answer::OverQuota { why: QuotaRefusal::Files, used: 3, max: 3 };
+        let answer = Answer::OverQuota { over: OverQuota::Files { used: 3, max: 3 } };
         let line = encode(&answer);
         assert_eq!(decode::<Answer>(&line[..line.len() - 1]), Some(answer));
         let request =

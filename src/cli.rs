@@ -108,9 +108,13 @@ enum CatalogCommand {
         #[arg(long)]
         repair: bool,
     },
-    /// Verify one replica and print the verdict as JSON (the service runs this after each push).
+    /// Check one replica's schema and print the verdict as JSON (the service runs this while a push's worker waits).
     #[command(hide = true)]
     Inspect { party: String, run: String, database: String },
+    /// Bring one replica's verified copy up to date, checked before it commits, and print what it did as JSON (the
+    /// service's catalog pipeline runs this after a push).
+    #[command(hide = true)]
+    Apply { party: String, run: String, database: String },
 }
 
 #[derive(clap::Args)]
@@ -292,6 +296,11 @@ fn run(cli: Cli) -> Outcome {
         Command::Catalog { command: CatalogCommand::Inspect { party, run, database } } => {
             let verdict = crate::catalog::inspect::run(&config_path, &party, &run, &database).map_err(Failure)?;
             println!("{}", serde_json::to_string(&verdict)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Catalog { command: CatalogCommand::Apply { party, run, database } } => {
+            let applied = crate::catalog::apply::run(&config_path, &party, &run, &database).map_err(Failure)?;
+            println!("{}", serde_json::to_string(&applied)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Tunnel(args) => {
@@ -520,20 +529,45 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
             }
         }
         Command::Catalog { command: CatalogCommand::Check { repair } } => {
-            let drift = admin.check_catalog(repair)?;
-            let clean = drift.is_clean();
-            let value = serde_json::json!({ "clean": clean, "repaired": repair, "publish": drift.publish,
-                "withdraw": drift.withdraw });
+            let check = admin.check_catalog(repair)?;
+            let clean = check.is_clean();
+            let value = serde_json::json!({ "clean": clean, "repaired": check.repaired, "publish": check.drift.publish,
+                "withdraw": check.drift.withdraw, "rebuild": check.drift.rebuild, "pending": check.pending,
+                "strays": check.strays, "unreadable": check.unreadable });
             let code = show(json, &value, || {
-                let verb = if repair { "mended" } else { "differs" };
-                let mut lines: Vec<String> =
-                    drift.publish.iter().map(|run| format!("{verb}: {run} should be published")).collect();
-                lines.extend(drift.withdraw.iter().map(|run| format!("{verb}: {run} should not be published")));
-                if lines.is_empty() {
-                    "the catalog matches the verdicts".to_owned()
-                } else {
-                    lines.join("\n")
+                let mut lines: Vec<String> = Vec::new();
+                let drift = &check.drift;
+                lines.extend(drift.publish.iter().map(|(party, run)| format!("{run} ({party}) should be published")));
+                lines.extend(
+                    drift.withdraw.iter().map(|(party, run)| format!("{run} ({party}) should not be published")),
+                );
+                lines.extend(drift.rebuild.iter().map(|(party, run, database)| {
+                    format!("{run}/{database} ({party}) passed but has no verified copy")
+                }));
+                lines.extend(check.pending.iter().map(|job| {
+                    format!(
+                        "{}/{} ({}) awaits its verdict since {}",
+                        job.run,
+                        job.database,
+                        job.party,
+                        crate::time::rfc3339(job.since)
+                    )
+                }));
+                lines.extend(check.strays.iter().map(|stray| {
+                    format!("{stray} in catalog_root is not a plain file or folder (a reader would follow it out)")
+                }));
+                lines.extend(
+                    check
+                        .unreadable
+                        .iter()
+                        .map(|entry| format!("{entry} in catalog_root is out of its readers' reach (group or mode)")),
+                );
+                if let Some(repaired) = &check.repaired {
+                    lines.push(format!("repair: {repaired}"));
+                } else if lines.is_empty() {
+                    lines.push("the catalog matches the verdicts".to_owned());
                 }
+                lines.join("\n")
             })?;
             Ok(if clean || repair { code } else { ExitCode::FAILURE })
         }
@@ -542,7 +576,7 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
         | Command::Serve
         | Command::Doctor { .. }
         | Command::Tunnel(_)
-        | Command::Catalog { command: CatalogCommand::Inspect { .. } } => {
+        | Command::Catalog { command: CatalogCommand::Inspect { .. } | CatalogCommand::Apply { .. } } => {
             unreachable!("handled before the store opens")
         }
     }

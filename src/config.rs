@@ -68,6 +68,9 @@ pub struct Config {
     /// What one verification of a pushed database may cost: seconds of its time budget, and its memory.
     #[serde(default)]
     pub verify: VerifyLimits,
+    /// The catalog's work: how many copies and checks run at once.
+    #[serde(default)]
+    pub catalog: CatalogSettings,
     /// Bounds on the HTTP service's connections: how many, and how long each may idle or stall.
     #[serde(default)]
     pub http: HttpLimits,
@@ -136,6 +139,21 @@ fn default_catalog_group() -> String {
 
 fn default_publish_partial_after() -> u64 {
     600
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSettings {
+    /// Copies and checks running at once (`catalog::pipeline`), each a process of its own: by default half the
+    /// cores (at least one), so that uploads and pushes keep the rest.
+    pub max_parallel: usize,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        CatalogSettings { max_parallel: (cores / 2).max(1) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -256,6 +274,9 @@ impl Config {
                 return Err(format!("{key} must be ADDRESS:PORT (e.g. 127.0.0.1:4004), not '{}'", address.unwrap()));
             }
         }
+        if config.catalog.max_parallel == 0 || config.catalog.max_parallel > 64 {
+            return Err("catalog.max_parallel: must be between 1 and 64".into());
+        }
         if config.verify.seconds == 0 || config.verify.memory.0 < 64 << 20 {
             return Err("verify: seconds must be at least 1 and memory at least 64MiB".into());
         }
@@ -304,14 +325,20 @@ impl Config {
         self.locks_dir.clone().unwrap_or_else(|| self.state_dir.join("locks"))
     }
 
-    /// Where the verified copies are, when there is a catalog.
-    pub fn verified_root(&self) -> Option<PathBuf> {
-        let catalog = self.catalog_root.as_ref()?;
-        Some(self.verified_root.clone().unwrap_or_else(|| {
+    /// Where published runs are: `catalog_root`, by default `catalog` beside `replica_root`.
+    pub fn catalog_root(&self) -> PathBuf {
+        self.catalog_root.clone().unwrap_or_else(|| self.replica_root.with_file_name("catalog"))
+    }
+
+    /// Where runs held back from readers are (`catalog::home`): `verified_root`, by default beside `catalog_root`,
+    /// named after it with `-verified`. It must be on `catalog_root`'s file system (runs move between them).
+    pub fn verified_root(&self) -> PathBuf {
+        self.verified_root.clone().unwrap_or_else(|| {
+            let catalog = self.catalog_root();
             let name =
                 catalog.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "catalog".into());
             catalog.with_file_name(format!("{name}-verified"))
-        }))
+        })
     }
 
     /// The broker socket between the gates and the service.

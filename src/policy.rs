@@ -41,6 +41,8 @@ pub struct Uploads {
     pub requests_per_second: u32,
     /// File parts one upload request may carry.
     pub max_parts_per_request: u32,
+    /// What a `.gz` file may inflate to (checked as it arrives, before readers see it): 413 above it.
+    pub max_inflated_bytes: ByteSize,
 }
 
 impl Default for Uploads {
@@ -50,6 +52,7 @@ impl Default for Uploads {
             max_file_bytes: ByteSize(200_000_000),
             requests_per_second: 200,
             max_parts_per_request: 256,
+            max_inflated_bytes: ByteSize(64 << 20),
         }
     }
 }
@@ -120,6 +123,7 @@ struct UploadsFile {
     max_file_bytes: Option<ByteSize>,
     requests_per_second: Option<u32>,
     max_parts_per_request: Option<u32>,
+    max_inflated_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +228,7 @@ impl Policy {
             max_file_bytes: file.uploads.max_file_bytes.unwrap_or(upload_defaults.max_file_bytes),
             requests_per_second: file.uploads.requests_per_second.unwrap_or(upload_defaults.requests_per_second),
             max_parts_per_request: file.uploads.max_parts_per_request.unwrap_or(upload_defaults.max_parts_per_request),
+            max_inflated_bytes: file.uploads.max_inflated_bytes.unwrap_or(upload_defaults.max_inflated_bytes),
         };
         for extension in &uploads.extensions {
             let plain = extension.starts_with('.')

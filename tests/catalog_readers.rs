@@ -107,8 +107,8 @@ fn a_reader_in_the_catalog_group_reads_every_partys_verified_runs_and_sees_each_
     assert!(!output.status.success(), "a party account cannot list the catalog");
 
     // Copies that left the readers' group (as a folder without its setgid bit once made them) cannot be read; the
-    // repair gives them back, and a reader opens them again.
-    let copies = central.root().join("catalog-verified").join(RUN_B);
+    // check says so, the repair gives them back, and a reader opens them again.
+    let copies = central.root().join("catalog").join(RUN_B);
     let service_group = nix::unistd::Group::from_name("evosync").unwrap().unwrap().gid.as_raw();
     for entry in std::fs::read_dir(&copies).unwrap() {
         std::os::unix::fs::chown(entry.unwrap().path(), None, Some(service_group)).unwrap();
@@ -117,6 +117,8 @@ fn a_reader_in_the_catalog_group_reads_every_partys_verified_runs_and_sees_each_
     std::fs::set_permissions(&copies, std::fs::Permissions::from_mode(0o750)).unwrap();
     let mut fresh = Reader::start(&central.root().join("catalog"));
     assert_eq!(fresh.count(RUN_B, "genomes.sqlite", "genomes")["ok"], false, "out of the readers' group");
+    let (ok, check, _) = evosync_json(&central.config, &["catalog", "check"]);
+    assert!(!ok && check["unreadable"].as_array().unwrap().iter().any(|e| e == RUN_B), "{check}");
     let (ok, _, said) = evosync_json(&central.config, &["catalog", "check", "--repair"]);
     assert!(ok, "{said}");
     let mut fresh = Reader::start(&central.root().join("catalog"));
@@ -177,7 +179,10 @@ fn hostile_databases_are_refused_with_their_reason_never_published_and_the_reade
         let run = format!("01KFYA32R09C5KJYNH1SM2W1E{n}_{name}");
         let origin = work.join(format!("{name}.sqlite"));
         worker_db(&origin, "genomes", 0..20, sql);
-        let _ = central.push("acme", &origin, &run, "genomes.sqlite");
+        // Refused while the worker waits, in the protocol: it reads why.
+        let pushed = central.push("acme", &origin, &run, "genomes.sqlite");
+        let said = String::from_utf8_lossy(&pushed.stderr);
+        assert!(!pushed.status.success() && said.contains(reason), "{name}: the worker reads why: {said}");
         let verdict = central.verdict(&run, "genomes.sqlite");
         assert!(matches!(&verdict, Some((false, Some(why))) if why.contains(reason)), "{name}: {verdict:?}");
         assert!(!central.published(&run), "{name} is never published");
@@ -207,10 +212,13 @@ fn hostile_databases_are_refused_with_their_reason_never_published_and_the_reade
     }
     assert!(!central.published(corrupt_run));
 
-    // A published run turns bad: withdrawn at once, with its reason; mended: published again.
+    // A published run turns bad: the worker is told, the run withdrawn at once with its reason and its copies
+    // removed; mended: published again.
     worker_db(&good, "genomes", 0..20, "CREATE VIEW v AS SELECT 1;");
-    central.push_ok("acme", &good, good_run, "genomes.sqlite");
+    let pushed = central.push("acme", &good, good_run, "genomes.sqlite");
+    assert!(String::from_utf8_lossy(&pushed.stderr).contains("view 'v'"));
     assert!(!central.published(good_run), "withdrawn at once");
+    assert!(!central.root().join("catalog-verified").join(good_run).join("genomes.sqlite").exists(), "copy removed");
     let status = central.status(good_run);
     assert_eq!(status["published"], false);
     assert!(status["replicas"][0]["verification"]["reason"].as_str().unwrap().contains("view 'v'"), "{status}");
@@ -284,16 +292,17 @@ fn the_next_push_of_a_replica_waits_for_the_copy_of_the_last_one() {
     central.push_ok("acme", &genomes, RUN_A, "genomes.sqlite");
     let replica = central.root().join("replicas/acme").join(RUN_A).join("genomes.sqlite");
     let before = common::db_digest(&replica);
-    // While the service copies the replica for readers (here: while the test holds the copy lock as it would), the
-    // next push of it waits, and, past lock_wait_seconds, is refused with the reason and writes nothing.
+    // While the service copies the replica for readers (here: while the test holds the replica's lock as the
+    // catalog's pipeline would), the next push of it waits, and, past lock_wait_seconds, is refused with the reason
+    // and writes nothing.
     let config = evosync::config::Config::load(&central.config).unwrap();
-    let copying = evosync::fs::locks::copy(&config.locks_dir(), "acme", RUN_A, "genomes.sqlite", Duration::ZERO)
+    let copying = evosync::fs::locks::try_replica(&config.locks_dir(), "acme", RUN_A, "genomes.sqlite")
         .unwrap()
-        .expect("the copy lock is free once the copy is done");
+        .expect("the replica's lock is free once the copy is done");
     worker_db(&genomes, "genomes", 30..60, "");
     let output = central.push_only("acme", &genomes, RUN_A, "genomes.sqlite");
     let said = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
-    assert!(said.contains("still publishing the previous push"), "{said}");
+    assert!(said.contains("check and copy of the last one"), "{said}");
     assert_eq!(common::db_digest(&replica), before, "nothing written");
     drop(copying);
     central.push_ok("acme", &genomes, RUN_A, "genomes.sqlite");

@@ -98,6 +98,13 @@ impl Host {
             .unwrap()
     }
 
+    /// A push whose origin has said its first byte and then closed: enough for the gate to hand the channel over.
+    fn push_begun(&self) -> Child {
+        let mut child = self.push();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), &[0x41]).unwrap();
+        child
+    }
+
     /// The `exit` column of the ledger's rows, oldest first.
     fn ledger_exits(&self) -> Vec<String> {
         let db = rusqlite::Connection::open(self.root().join("state/state.db")).unwrap();
@@ -368,7 +375,7 @@ fn an_sqlite3_rsync_older_than_the_page_size_fix_is_refused_and_the_answer_is_ca
     fake_sqlite3_rsync(&program, OLD_SOURCE_ID);
     host.set_sqlite3_rsync(&program);
 
-    let output = host.push().wait_with_output().unwrap();
+    let output = host.push_begun().wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     let errors = replica_errors(&output.stdout);
     assert!(errors.iter().any(|e| e.contains("sqlite3_rsync is too old") && e.contains("3.53.4")), "{errors:?}");
@@ -389,14 +396,14 @@ fn an_sqlite3_rsync_older_than_the_page_size_fix_is_refused_and_the_answer_is_ca
     let key = cached.lines().next().unwrap();
     assert!(cached.ends_with(&format!("{OLD_SOURCE_ID}\n")), "{cached}");
     std::fs::write(&cache, format!("{key}\n{FIXED_SOURCE_ID}\n")).unwrap();
-    let output = host.push().wait_with_output().unwrap();
+    let output = host.push_begun().wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("ran: --replica"), "the cache was used");
 
     // ...and a new build (another inode and mtime) is looked at afresh.
     fake_sqlite3_rsync(&program, OLD_SOURCE_ID);
-    let output = host.push().wait_with_output().unwrap();
+    let output = host.push_begun().wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     fake_sqlite3_rsync(&program, FIXED_SOURCE_ID);
-    let output = host.push().wait_with_output().unwrap();
+    let output = host.push_begun().wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("ran: --replica genomes.sqlite genomes.sqlite"));
 }

@@ -49,8 +49,10 @@ impl Host {
     }
 
     /// A gate serving a push whose worker never speaks: sqlite3_rsync waits on stdin until stopped.
+    /// A push whose origin sent the first byte of its first message and nothing more: the gate hands over (it
+    /// waits for the origin's first byte before it takes anything), and the sync waits for the rest.
     fn idle_push(&self, run: &str) -> Child {
-        Command::new(GATE)
+        let mut child = Command::new(GATE)
             .arg("--config")
             .arg(self.dir.path().join("evosync.yaml"))
             .args(["--party", "acme"])
@@ -59,7 +61,9 @@ impl Host {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), &[0x41]).unwrap();
+        child
     }
 
     fn audit(&self) -> String {
@@ -148,7 +152,10 @@ fn a_second_push_of_the_same_replica_waits_then_is_refused() {
     host.wait_for_audit("verdict=allow");
     let (status, said) = finish_idle(host.idle_push(RUN_A));
     assert_eq!(status, 1);
-    assert!(said.contains("another push of 01KFYA32R09C5KJYNH1SM2W1DR_a/genomes.sqlite is still running"), "{said}");
+    assert!(
+        said.contains("another push of 01KFYA32R09C5KJYNH1SM2W1DR_a/genomes.sqlite, or the central host's"),
+        "{said}"
+    );
     drop(first); // closes stdin: the idle sync ends
 }
 

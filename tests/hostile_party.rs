@@ -141,8 +141,28 @@ impl Central {
                 }
             }
         }
+        // A party's usage: its tree, and its runs' homes and checked images in the catalog (`access::measure`).
         let mut total = (0, 0);
         walk(&self.root().join("replicas").join(party), &mut total);
+        let runs: Vec<String> = self
+            .store()
+            .prepare("SELECT name FROM runs WHERE party = ?1")
+            .unwrap()
+            .query_map([party], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for run in runs {
+            let home = common::home_of(self.root(), &run);
+            if home.is_dir() {
+                total.1 += 1;
+                walk(&home, &mut total);
+            }
+            let images = self.root().join("catalog-verified/.shadows").join(&run);
+            if images.is_dir() {
+                walk(&images, &mut total);
+            }
+        }
         total
     }
 }
@@ -226,7 +246,7 @@ fn a_push_gets_only_the_room_an_upload_in_flight_left() {
 #[test]
 fn files_and_folders_count_against_max_party_files() {
     let central = Central::start("quota-files", false, "limits:\n  max_party_files: 12\n");
-    assert_eq!(central.register(RUN), 201); // the run folder and analysisResults/: 2 entries
+    assert_eq!(central.register(RUN), 201); // the run folder, its home and analysisResults/: 3 entries
     let mut refused = 0;
     for n in 0..20 {
         let path = format!("/api/sync/analysis/{RUN}?filename=e{n}.json&subdir=analysisResults/d{n}");
@@ -318,7 +338,7 @@ fn per_party_accounts_cannot_reach_each_other_and_still_leave_every_record() {
     assert_eq!(stolen, 0);
     // Nor, speaking for itself, report a push into acme's run, or one whose names leave its tree.
     for (run, database, answer) in [
-        (RUN, "genomes.sqlite", "another party's"),
+        (RUN, "genomes.sqlite", "finish without a push reserved on this connection"),
         ("01KFYA32R09C5KJYNH1SM2W1DS_beta", "../../../escaped", "one plain name"),
         ("01KFYA32R09C5KJYNH1SM2W1DS_beta/.", "genomes.sqlite", "one plain name"),
     ] {

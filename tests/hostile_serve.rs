@@ -93,7 +93,12 @@ impl Host {
     }
 
     fn analysis_dir(&self) -> PathBuf {
-        self.dir.path().join("replicas/acme").join(RUN).join("analysisResults")
+        common::home_of(self.dir.path(), RUN).join("analysisResults")
+    }
+
+    /// Where files being received are made (`.incoming`, beside the held runs).
+    fn incoming_dir(&self) -> PathBuf {
+        self.dir.path().join("catalog-verified/.incoming")
     }
 
     /// acme's key with the right id and a wrong secret.
@@ -394,7 +399,7 @@ fn row4_idle_slow_and_stalled_connections_are_closed_and_leave_nothing() {
         stalled.push(stream);
     }
     let temp_files = || {
-        std::fs::read_dir(host.analysis_dir())
+        std::fs::read_dir(host.incoming_dir())
             .unwrap()
             .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with(".upload-"))
             .count()

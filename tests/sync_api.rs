@@ -76,6 +76,11 @@ impl Host {
         self.dir.path().join("replicas").join(party).join(run)
     }
 
+    /// The run's home in the catalog, where its analysis files are: published, or held back.
+    fn home_dir(&self, run: &str) -> PathBuf {
+        common::home_of(self.dir.path(), run)
+    }
+
     fn register(&self, key: &str, run: &str) -> (u16, serde_json::Value) {
         let body = r#"{"templateName":"CMA-MAE","ecosystemVariant":"default","startedAt":"2026-11-25T06:00:00.000Z"}"#;
         json(http(
@@ -157,7 +162,7 @@ fn register_upload_list_and_replace_as_the_worker_does() {
     let host = Host::start("sync-basic", "");
     let (status, body) = host.register(&host.acme_key, RUN);
     assert_eq!(status, 201, "{body}");
-    assert!(host.run_dir("acme", RUN).join("analysisResults").is_dir());
+    assert!(host.home_dir(RUN).join("analysisResults").is_dir());
     assert_eq!(host.register(&host.acme_key, RUN).0, 201, "registering again succeeds");
 
     // Nothing there yet in a folder that does not exist.
@@ -171,7 +176,7 @@ fn register_upload_list_and_replace_as_the_worker_does() {
     let (status, body) = host.upload(&host.acme_key, RUN, "analysisResults", &name, &content);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["stored"], serde_json::json!([name]));
-    assert_eq!(std::fs::read(host.run_dir("acme", RUN).join("analysisResults").join(&name)).unwrap(), content);
+    assert_eq!(std::fs::read(host.home_dir(RUN).join("analysisResults").join(&name)).unwrap(), content);
     let tree_content = noise(2, 3000);
     assert_eq!(host.upload(&host.acme_key, RUN, "analysisResults/trees", "tree_1.json.gz", &tree_content).0, 200);
 
@@ -204,8 +209,7 @@ fn register_upload_list_and_replace_as_the_worker_does() {
     ));
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        std::fs::read(host.run_dir("acme", RUN).join(format!("generationFeatures/lineage_{RUN}_step-2.json.gz")))
-            .unwrap(),
+        std::fs::read(host.home_dir(RUN).join(format!("generationFeatures/lineage_{RUN}_step-2.json.gz"))).unwrap(),
         raw
     );
 
@@ -394,7 +398,7 @@ fn a_client_killed_mid_upload_leaves_no_partial_file_and_the_old_version() {
         std::thread::sleep(Duration::from_millis(300));
         drop(stream); // the worker dies
         std::thread::sleep(Duration::from_millis(500));
-        let folder = host.run_dir("acme", RUN).join("analysisResults");
+        let folder = host.home_dir(RUN).join("analysisResults");
         let names: Vec<String> = std::fs::read_dir(&folder)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -433,8 +437,8 @@ fn digests_are_checked_and_a_mismatch_stores_nothing() {
     ));
     assert_eq!(status, 400);
     assert!(answer["error"].as_str().unwrap().contains("SHA-256"));
-    assert!(!host.run_dir("acme", RUN).join("analysisResults/b.json").exists());
-    assert_eq!(std::fs::read_dir(host.run_dir("acme", RUN).join("analysisResults")).unwrap().count(), 1);
+    assert!(!host.home_dir(RUN).join("analysisResults/b.json").exists());
+    assert_eq!(std::fs::read_dir(host.home_dir(RUN).join("analysisResults")).unwrap().count(), 1);
 
     // Each upload and each refusal is one structured log line, written before the answer.
     let log = host.service.log();
@@ -455,7 +459,7 @@ fn limits_answer_413_429_and_507() {
     assert_eq!(host.register(&host.acme_key, RUN).0, 201);
     let (status, body) = host.upload(&host.acme_key, RUN, "analysisResults", "big.json.gz", &noise(1, 5000));
     assert_eq!(status, 413, "{body}");
-    assert!(!host.run_dir("acme", RUN).join("analysisResults/big.json.gz").exists());
+    assert!(!host.home_dir(RUN).join("analysisResults/big.json.gz").exists());
 
     // The bucket holds 2 and refills 2 a second; a burst of 20 meets 429 with Retry-After.
     std::thread::sleep(Duration::from_millis(1200));
@@ -479,8 +483,10 @@ fn limits_answer_413_429_and_507() {
     // Fill the party's quota: 507, and nothing stored.
     std::thread::sleep(Duration::from_millis(2500));
     std::fs::write(host.run_dir("acme", RUN).join("genomes.sqlite"), vec![0u8; 64 * 1024]).unwrap();
-    // The usage figure is refreshed every 30 s or on a restart; a new service sees the replica at once.
+    // Nothing tells the service of a file put there by hand; a new service measures every party once when it starts
+    // (off the requests' path), and sees the replica from then on.
     let run_dir = host.run_dir("acme", RUN);
+    let home_dir = host.home_dir(RUN);
     drop(host.service);
     let port = common::free_loopback_port();
     let text = std::fs::read_to_string(&host.config).unwrap();
@@ -491,6 +497,7 @@ fn limits_answer_413_429_and_507() {
         .join("\n");
     std::fs::write(&host.config, text).unwrap();
     let service = Service::start(&host.config, port);
+    service.wait_for_log("event=usage party=acme", Duration::from_secs(30));
     let (content_type, body) = worker_multipart("analysisResults", "q.json.gz", &noise(2, 1000));
     let (status, answer) = json(http(
         service.port,
@@ -501,6 +508,7 @@ fn limits_answer_413_429_and_507() {
     ));
     assert_eq!(status, 507, "{answer}");
     assert!(!run_dir.join("analysisResults/q.json.gz").exists());
+    assert!(!home_dir.join("analysisResults/q.json.gz").exists());
 }
 
 #[test]
@@ -524,7 +532,7 @@ fn ten_thousand_uploads_from_64_clients_nothing_lost_nothing_mixed() {
         }
     });
     for (party, run, parity) in [("acme", RUN, 0), ("beta", OTHER_RUN, 1)] {
-        let folder = host.run_dir(party, run).join("analysisResults");
+        let folder = host.home_dir(run).join("analysisResults");
         let names: Vec<String> = std::fs::read_dir(&folder)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -626,7 +634,7 @@ fn small_files_held_in_memory_and_large_ones_streamed_land_whole_side_by_side() 
     ));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["stored"], serde_json::json!(["empty.json", "small.json.gz", "large.json.gz"]));
-    let folder = host.run_dir("acme", RUN).join("analysisResults/sizes");
+    let folder = host.home_dir(RUN).join("analysisResults/sizes");
     for (name, content) in &files {
         assert_eq!(sha256_hex(&std::fs::read(folder.join(name)).unwrap()), sha256_hex(content), "{name}");
     }

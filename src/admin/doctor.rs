@@ -477,17 +477,11 @@ fn party_separation(host: &Host) -> Finding {
     })
 }
 
-/// The catalog: its folder the service's with the readers' group, the group present, ACLs taken by the replica
-/// root's file system.
+/// The catalog: `catalog_root` open to its readers' group (2750), `verified_root` closed to everyone but the service
+/// (2700), both setgid to that group (so what the service makes there is the readers' once published) and on one
+/// file system (runs move between them by rename).
 fn catalog(host: &Host) -> Finding {
     with_config(host, "catalog", |config| {
-        let Some(root) = &config.catalog_root else {
-            return warn(
-                "catalog",
-                "no catalog_root: pushes are verified, nothing is published for readers",
-                "evosync init --catalog-root DIR (see the README's catalog section)",
-            );
-        };
         let group = &config.catalog_group;
         let Some(gid) = sys::group_id(group) else {
             return fail(
@@ -496,42 +490,34 @@ fn catalog(host: &Host) -> Finding {
                 format!("groupadd --system {group}"),
             );
         };
-        // Both folders setgid to the readers' group: what the service makes in them (it is not in that group)
-        // takes the group from them.
-        let folders: Vec<PathBuf> = [Some(root.clone()), config.verified_root()].into_iter().flatten().collect();
-        for folder in &folders {
+        let (root, held) = (config.catalog_root(), config.verified_root());
+        let mut devices = Vec::new();
+        for (folder, mode) in [(&root, 0o2750), (&held, 0o2700)] {
             let meta = match std::fs::metadata(folder) {
                 Ok(meta) => meta,
-                Err(e) => {
-                    return fail("catalog", format!("{}: {e}", folder.display()), "evosync init --catalog-root DIR")
-                }
+                Err(e) => return fail("catalog", format!("{}: {e}", folder.display()), "evosync init"),
             };
             let folder_mode = meta.permissions().mode() & 0o7777;
-            if meta.gid() != gid || folder_mode & 0o027 != 0 || folder_mode & 0o2000 == 0 {
+            if meta.gid() != gid || folder_mode != mode {
                 return fail(
                     "catalog",
                     format!("{} has group {} and mode {folder_mode:o}", folder.display(), meta.gid()),
-                    format!(
-                        "chgrp {group} {0} && chmod 2750 {0}, then `evosync catalog check --repair`",
-                        folder.display()
-                    ),
+                    format!("chgrp {group} {0} && chmod {mode:o} {0}", folder.display()),
                 );
             }
+            devices.push(meta.dev());
         }
-        let probe = config.replica_root.join(".evosync-acl-probe");
-        let acl_ok = std::fs::create_dir(&probe)
-            .and_then(|()| crate::catalog::publish::grant_readers(&probe, gid, false))
-            .is_ok();
-        let _ = std::fs::remove_dir(&probe);
-        if !acl_ok {
+        if devices[0] != devices[1] {
             return fail(
                 "catalog",
-                format!("the file system of {} takes no POSIX ACL (or this account may not set one)", config.replica_root.display()),
-                "mount it with ACLs (ext4 and xfs have them by default) and run `evosync catalog check --repair` as root",
+                format!("{} and {} are on different file systems", root.display(), held.display()),
+                "put verified_root beside catalog_root (runs move between them by rename)",
             );
         }
-        let shown: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
-        ok("catalog", format!("{} (group {group}, setgid, closed to others); ACLs work", shown.join(" and ")))
+        ok(
+            "catalog",
+            format!("{} (readers: {group}) and {} (held runs, the service's)", root.display(), held.display()),
+        )
     })
 }
 

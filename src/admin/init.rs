@@ -95,12 +95,8 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
         crate::config::AccountMode::Shared => make_folder(&config.locks_dir(), 0o2770, true)?,
         crate::config::AccountMode::PerParty => make_folder(&config.locks_dir(), 0o755, false)?,
     }
-    if let Some(catalog) = &config.catalog_root {
-        make_catalog(catalog, &config.catalog_group)?;
-    }
-    if let Some(verified) = config.verified_root() {
-        make_catalog(&verified, &config.catalog_group)?;
-    }
+    make_catalog(&config.catalog_root(), &config.catalog_group, 0o2750)?;
+    make_catalog(&config.verified_root(), &config.catalog_group, 0o2700)?;
     if let Some(folder) = config.gate_socket().parent() {
         if !folder.exists() {
             make_folder(folder, 0o755, false)?;
@@ -130,9 +126,10 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
     })
 }
 
-/// The catalog's folder: the service's (it publishes), its readers' group may read it (setgid, so every run's folder
-/// is theirs too), nobody else anything.
-fn make_catalog(path: &Path, readers: &str) -> Result<()> {
+/// A catalog folder: the service's (it publishes), setgid to its readers' group so that every run's home is
+/// theirs too; `catalog_root` readable by that group (2750), `verified_root`, where held runs wait, by nobody else
+/// (2700).
+fn make_catalog(path: &Path, readers: &str, mode: u32) -> Result<()> {
     let gid = sys::group_id(readers).ok_or_else(|| {
         AdminError::Invalid(format!(
             "the catalog's readers' group {readers} does not exist: groupadd --system {readers} (or --catalog-group)"
@@ -140,7 +137,7 @@ fn make_catalog(path: &Path, readers: &str) -> Result<()> {
     })?;
     let owner = sys::account_ids(crate::config::SHARED_ACCOUNT).map_or_else(sys::effective_ids, |(uid, _)| (uid, gid));
     std::fs::create_dir_all(path)
-        .and_then(|()| sys::give_path(path, (owner.0, gid), 0o2750))
+        .and_then(|()| sys::give_path(path, (owner.0, gid), mode))
         .map_err(super::io(format!("cannot create {}", path.display())))
 }
 

@@ -138,6 +138,25 @@ pub struct ReplicaView {
     pub verification: Option<crate::catalog::VerificationView>,
 }
 
+/// What `evosync catalog check` found (and, with `--repair`, did).
+#[derive(Debug, Serialize)]
+pub struct CatalogCheck {
+    pub drift: crate::catalog::reconcile::Drift,
+    /// Replicas whose push has not had its verdict yet.
+    pub pending: Vec<crate::store::Job>,
+    /// Entries of `catalog_root` that are neither plain files nor folders, relative to it.
+    pub strays: Vec<String>,
+    /// Entries of published runs their readers cannot read (not in `catalog_group`, or without the group's bits).
+    pub unreadable: Vec<String>,
+    pub repaired: Option<String>,
+}
+
+impl CatalogCheck {
+    pub fn is_clean(&self) -> bool {
+        self.drift.is_clean() && self.pending.is_empty() && self.strays.is_empty() && self.unreadable.is_empty()
+    }
+}
+
 pub struct Admin<'a> {
     pub config: &'a Config,
     pub config_path: PathBuf,
@@ -223,7 +242,7 @@ impl<'a> Admin<'a> {
         let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
         if !per_party {
             sys::chown_to_account(root, &owner);
-            // Nobody but the shared account (and the catalog's readers, below) reads the tree.
+            // Nobody but the shared account reads the tree: readers get what the catalog checked, in its own folders.
             std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o2750))
                 .map_err(failed(root))?;
         } else {
@@ -236,89 +255,72 @@ impl<'a> Admin<'a> {
             let locks = self.config.locks_dir().join(name);
             std::fs::create_dir_all(&locks).map_err(io(format!("creating {}", locks.display())))?;
             sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
-            // The service (a member of the party's group) takes a replica's lock to re-verify it.
+            // The service (a member of the party's group) takes a replica's lock to copy it for readers.
             sys::give_path(&locks, ids, 0o2770).map_err(failed(&locks))?;
             // Readable by the party's gate and the service (a member of the party's group), by no other party.
             sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
         }
-        self.grant_readers(root)
+        Ok(())
     }
 
-    /// With a catalog, its readers' group may read the party's tree (and what will be made in it), nothing else.
-    fn grant_readers(&self, root: &Path) -> Result<()> {
-        if self.config.catalog_root.is_none() {
-            return Ok(());
-        }
+    /// The catalog against the verdicts in the store: runs whose publication differs, copies that should exist and
+    /// do not, replicas still waiting for their verdict, and entries of `catalog_root` a reader must not meet (a
+    /// symlink leads out of the folder readers see). `repair` removes those entries and queues the missing copies: the
+    /// service makes them, each checked before it is copied, and publishes what passes (at once when it runs, else
+    /// when it starts).
+    pub fn check_catalog(&self, repair: bool) -> Result<CatalogCheck> {
+        let homes = crate::catalog::home::Homes::open(self.config).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let drift = crate::catalog::reconcile::drift(&self.store, self.config, &homes, now())?;
+        let strays = homes.strays().map_err(|e| AdminError::Invalid(e.to_string()))?;
         let group = &self.config.catalog_group;
-        let gid = sys::group_id(group).ok_or_else(|| {
+        let readers = sys::group_id(group).ok_or_else(|| {
             AdminError::Invalid(format!(
                 "the catalog's readers' group {group} does not exist: groupadd --system {group}"
             ))
         })?;
-        let group_writes = self.config.account_mode == crate::config::AccountMode::PerParty;
-        crate::catalog::publish::grant_readers(root, gid, group_writes)
-            .map_err(io(format!("giving the group {group} read access to {}", root.display())))
-    }
-
-    /// Makes the verified copy of every replica whose last check passed and whose copy is missing (a catalog set up
-    /// after the pushes, a copy removed by hand), each under its replica's lock; gives the present ones their owner,
-    /// group and modes again.
-    fn restore_copies(&self) -> Result<()> {
-        let Some(verified) = self.config.verified_root() else { return Ok(()) };
-        let wait = std::time::Duration::from_secs(self.config.lock_wait_seconds);
-        for v in self.store.verifications(None)?.into_iter().filter(|v| v.ok) {
-            if crate::catalog::copies::copy_path(&verified, &v.run, &v.database).is_file() {
-                // Present: only its owner, group and modes are mended.
-                crate::catalog::copies::settle(&verified, &v.run, &v.database).map_err(AdminError::Invalid)?;
-                continue;
-            }
-            let held = crate::fs::locks::replica(&self.config.locks_dir(), &v.party, &v.run, &v.database, wait)
-                .map_err(|e| AdminError::Invalid(e.to_string()))?;
-            if held.is_none() {
-                return Err(AdminError::Invalid(format!(
-                    "a push of {}/{} holds it; try again later",
-                    v.run, v.database
-                )));
-            }
-            let copying = crate::fs::locks::copy(&self.config.locks_dir(), &v.party, &v.run, &v.database, wait)
-                .map_err(|e| AdminError::Invalid(e.to_string()))?;
-            if copying.is_none() {
-                return Err(AdminError::Invalid(format!(
-                    "the service is copying {}/{} for its readers; try again later",
-                    v.run, v.database
-                )));
-            }
-            crate::catalog::copies::refresh(self.config, &v.party, &v.run, &v.database).map_err(AdminError::Invalid)?;
-        }
-        Ok(())
-    }
-
-    /// The catalog against the verdicts in the store: what differs, mended with `repair` (which also gives the
-    /// readers' group read access to every party tree again).
-    pub fn check_catalog(&self, repair: bool) -> Result<crate::catalog::reconcile::Drift> {
-        let root = self.config.catalog_root.as_ref().ok_or_else(|| {
-            AdminError::Invalid("the configuration names no catalog_root (evosync init --catalog-root DIR)".into())
-        })?;
-        let catalog =
-            crate::catalog::publish::Catalog::open(root).map_err(io(format!("opening {}", root.display())))?;
+        let unreadable = homes.unreadable(readers).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        let pending = self.store.jobs()?;
+        let mut check = CatalogCheck { drift, pending, strays, unreadable, repaired: None };
         if repair {
-            self.restore_copies()?;
-        }
-        let expected = crate::catalog::reconcile::expected(&self.store, self.config, now(), None)?;
-        let drift = crate::catalog::reconcile::reconcile(&catalog, &expected, repair, None)
-            .map_err(io(format!("mending {}", root.display())))?;
-        if repair {
-            for party in self.store.parties()? {
-                self.grant_readers(&self.config.replica_root.join(&party.name))?;
+            let catalog = self.config.catalog_root();
+            // Given back to the readers' group (only root may: the service's account is not in it).
+            for entry in &check.unreadable {
+                let path = catalog.join(entry);
+                let mode = if path.is_dir() { 0o2750 } else { 0o640 };
+                let owner = std::fs::metadata(&path).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+                owner
+                    .and_then(|uid| sys::give_path(&path, (uid, readers), mode))
+                    .map_err(io(format!("giving {} to the group {group} (run the repair as root)", path.display())))?;
             }
-            self.audit(
-                "catalog.repair",
-                "",
-                "",
-                &format!("{} published, {} withdrawn", drift.publish.len(), drift.withdraw.len()),
-            )?;
+            for stray in &check.strays {
+                let path = catalog.join(stray);
+                std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))?;
+            }
+            // A run folder of the old layout held only symlinks: once they are gone, its home is the held one.
+            for (_, run) in check.drift.publish.iter().chain(&check.drift.withdraw) {
+                let folder = catalog.join(run);
+                if std::fs::read_dir(&folder).is_ok_and(|mut entries| entries.next().is_none())
+                    && self.config.verified_root().join(run).is_dir()
+                {
+                    std::fs::remove_dir(&folder).map_err(io(format!("removing {}", folder.display())))?;
+                }
+            }
+            for (party, run, database) in &check.drift.rebuild {
+                self.store.job_awaiting(party, run, database, None, now())?;
+            }
+            let running = std::os::unix::net::UnixStream::connect(self.config.gate_socket()).is_ok();
+            let when = if running { "now" } else { "when it starts" };
+            let summary = format!(
+                "{} stray entries removed, {} given back to the readers; {} copies queued: the service checks and \
+                 copies them, and publishes what passes, {when}",
+                check.strays.len(),
+                check.unreadable.len(),
+                check.drift.rebuild.len()
+            );
+            self.audit("catalog.repair", "", "", &summary)?;
+            check.repaired = Some(summary);
         }
-        Ok(drift)
+        Ok(check)
     }
 
     pub fn parties(&self) -> Result<Vec<Party>> {

@@ -6,7 +6,7 @@
 //! It prints one JSON line, `{"ok": bool, "seconds": f64, "reason": "…"|null}`, and exits 0 whatever the verdict;
 //! a non-zero exit means it could not inspect at all.
 
-use super::verify::{inspect, Budget};
+use super::verify::{inspect, Budget, Depth};
 use crate::config::Config;
 use crate::fs::confine::PartyTree;
 use crate::fs::sandbox::{FolderAccess, Sandbox};
@@ -52,7 +52,7 @@ pub fn run(config_path: &Path, party: &str, run: &str, database: &str) -> Result
     sys::enter_dir(folder.fd.as_raw_fd()).map_err(|e| e.to_string())?;
     // Below the address-space cap, so SQLite fails cleanly first.
     let budget = Budget { time: std::time::Duration::from_secs(config.verify.seconds), heap_bytes: heap / 2 };
-    let verdict = inspect(Path::new(database), expected, budget);
+    let verdict = inspect(Path::new(database), expected, budget, Depth::Schema);
     Ok(Verdict {
         ok: verdict.is_ok(),
         seconds: started.elapsed().as_secs_f64(),

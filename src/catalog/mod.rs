@@ -1,9 +1,14 @@
-//! The catalog wing: what the central's readers may see of the runs the parties pushed. A replica is checked after
-//! every push (`verify`, against the policy's `schemas`) and published in `catalog_root` only when it passes.
+//! The catalog wing: what the central's readers may see of the runs the parties pushed. Every push that changed a
+//! replica is checked (`verify`, against the policy's `schemas`), copied for readers in one checked transaction
+//! (`apply`), and its run published in `catalog_root` only when it passes (`reconcile`, `home`); `pipeline` is the one
+//! flow from a finished push to publication, its states in the store (`push`).
 
-pub mod copies;
+pub mod apply;
+pub mod files;
+pub mod home;
 pub mod inspect;
-pub mod publish;
+pub mod pipeline;
+pub mod push;
 pub mod reconcile;
 pub mod schema;
 pub mod verify;
@@ -11,9 +16,9 @@ pub mod verify;
 use crate::config::Config;
 use crate::store::Verification;
 
-/// Whether `run` is in the catalog now (never, without a `catalog_root`).
+/// Whether `run` is in the catalog now.
 pub fn is_published(config: &Config, run: &str) -> bool {
-    config.catalog_root.as_ref().is_some_and(|root| root.join(run).is_dir())
+    config.catalog_root().join(run).is_dir()
 }
 
 /// A replica's last verdict as the status answers and `/admin/runs` show it.

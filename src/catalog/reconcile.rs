@@ -1,13 +1,13 @@
-//! What the catalog should hold, and making it so. `decide` is the publication rule, pure: a run is published once
-//! every database its policy lists has passed its check, or, when some never arrive, `publish_partial_after` seconds
-//! after the first passed; a run with a failed check is withdrawn. `expected` applies it to the store's verdicts,
-//! and `reconcile` makes the catalog match (the service at start and after each verdict, `evosync catalog check`).
+//! What the catalog should hold. `decide` is the publication rule, pure: a run is published once every database its
+//! policy lists has passed its check and has its verified copy, or, when some never arrive, `publish_partial_after`
+//! seconds after the first passed; a run with a failed check is withdrawn (and its copies removed). `decide_for`
+//! applies it to one run, `drift` to the whole catalog at once (the pipeline's reconciler, `evosync catalog check`).
 
-use super::publish::{Catalog, Links, RUN_FOLDERS};
+use super::home::{Homes, RunHome};
 use crate::config::Config;
 use crate::policy::Policy;
-use crate::store::{Store, Verification};
-use std::collections::BTreeMap;
+use crate::store::{Store, StoreError, Verification};
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publication {
@@ -19,7 +19,8 @@ pub enum Publication {
     Wait { until: i64 },
 }
 
-/// The publication rule for one run, given its policy's databases and the last verdict on each replica it has.
+/// The publication rule for one run, given its policy's databases and the last verdict on each replica that has its
+/// verified copy (or failed).
 pub fn decide(databases: &[String], verdicts: &[&Verification], now: i64, partial_after: u64) -> Publication {
     if let Some(failed) = verdicts.iter().find(|v| !v.ok) {
         let reason = failed.reason.clone().unwrap_or_else(|| "its check failed".into());
@@ -42,126 +43,111 @@ pub fn decide(databases: &[String], verdicts: &[&Verification], now: i64, partia
     }
 }
 
-/// What should be published: for each run with verdicts, its decision and the links it should hold.
-/// (With `only`, for that run alone.)
-pub fn expected(
-    store: &Store,
+/// What one run should be, and what that takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub publication: Publication,
+    /// A verdict failed: the run's copies go.
+    pub failed: bool,
+    /// The policy's databases.
+    pub databases: Vec<String>,
+    /// Databases whose replica passed but whose copy is missing, to be made again.
+    pub rebuild: Vec<String>,
+}
+
+/// The rule for one run of `party`, with its verdicts and its home as they are.
+pub fn decide_for(
     config: &Config,
+    party: &str,
+    verdicts: &[Verification],
+    home: Option<&RunHome>,
     now: i64,
-    only: Option<&str>,
-) -> crate::store::Result<BTreeMap<String, (Publication, Links)>> {
-    let verdicts = store.verifications(only)?;
-    let verified_root = config.verified_root();
-    let mut by_run: BTreeMap<&str, (&str, Vec<&Verification>)> = BTreeMap::new();
-    for verdict in &verdicts {
-        // A database that passed counts once its verified copy exists (the service makes it right after the
-        // verdict): readers open the copy, and must not find a run without it.
-        let uncopied = verdict.ok
-            && verified_root
-                .as_ref()
-                .is_some_and(|root| !super::copies::copy_path(root, &verdict.run, &verdict.database).is_file());
-        let (_, counted) = by_run.entry(&verdict.run).or_insert((&verdict.party, Vec::new()));
-        if !uncopied {
-            counted.push(verdict);
+) -> Decision {
+    let policy = match Policy::load(&config.policy_path(party), party) {
+        Ok(policy) => policy,
+        Err(_) => {
+            let reason = format!("party {party} has no usable policy");
+            return Decision {
+                publication: Publication::Withdraw(reason),
+                failed: false,
+                databases: vec![],
+                rebuild: vec![],
+            };
         }
-    }
-    let mut policies: BTreeMap<String, Option<Policy>> = BTreeMap::new();
-    let mut runs = BTreeMap::new();
-    for (run, (party, verdicts)) in by_run {
-        let party = party.to_owned();
-        let policy = policies
-            .entry(party.clone())
-            .or_insert_with(|| Policy::load(&config.policy_path(&party), &party).ok())
-            .clone();
-        let Some(policy) = policy else {
-            runs.insert(
-                run.to_owned(),
-                (Publication::Withdraw(format!("party {party} has no usable policy")), Links::new()),
-            );
-            continue;
-        };
-        let decision = decide(&policy.databases, &verdicts, now, config.publish_partial_after);
-        let links = match &decision {
-            Publication::Publish(databases) => links(config, &party, run, databases),
-            _ => Links::new(),
-        };
-        runs.insert(run.to_owned(), (decision, links));
-    }
-    Ok(runs)
+    };
+    let has_copy = |database: &str| {
+        home.is_some_and(|home| {
+            crate::fs::sys::stat_in(&home.fd, database)
+                .ok()
+                .flatten()
+                .is_some_and(|s| crate::fs::sys::is_regular_file(&s))
+        })
+    };
+    let listed: Vec<&Verification> =
+        verdicts.iter().filter(|v| v.party == party && policy.databases.contains(&v.database)).collect();
+    let failed = listed.iter().any(|v| !v.ok);
+    let counted: Vec<&Verification> = listed.iter().copied().filter(|v| !v.ok || has_copy(&v.database)).collect();
+    let rebuild = if failed {
+        Vec::new()
+    } else {
+        listed.iter().filter(|v| v.ok && !has_copy(&v.database)).map(|v| v.database.clone()).collect()
+    };
+    let publication = decide(&policy.databases, &counted, now, config.publish_partial_after);
+    Decision { publication, failed, databases: policy.databases, rebuild }
 }
 
-/// The links of a published run: the verified copies of its databases, and those of its folders (in the party's
-/// tree) that exist.
-pub fn links(config: &Config, party: &str, run: &str, databases: &[String]) -> Links {
-    let replicas = std::fs::canonicalize(&config.replica_root).unwrap_or_else(|_| config.replica_root.clone());
-    let folder = replicas.join(party).join(run);
-    let mut links = Links::new();
-    if let Some(verified) = config.verified_root() {
-        let verified = std::fs::canonicalize(&verified).unwrap_or(verified);
-        for database in databases {
-            let copy = super::copies::copy_path(&verified, run, database);
-            if copy.is_file() {
-                links.insert(database.clone(), copy);
-            }
-        }
-    }
-    for name in RUN_FOLDERS {
-        if folder.join(name).is_dir() {
-            links.insert(name.to_owned(), folder.join(name));
-        }
-    }
-    links
-}
-
-/// Where the catalog differs from what should be.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// Where the catalog differs from what its verdicts say: runs to publish and to withdraw (each with its party), and
+/// copies to make again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Drift {
-    /// Runs to publish, or to publish with other links.
-    pub publish: Vec<String>,
-    /// Runs published that should not be.
-    pub withdraw: Vec<String>,
+    pub publish: Vec<(String, String)>,
+    pub withdraw: Vec<(String, String)>,
+    pub rebuild: Vec<(String, String, String)>,
 }
 
 impl Drift {
     pub fn is_clean(&self) -> bool {
-        self.publish.is_empty() && self.withdraw.is_empty()
+        self.publish.is_empty() && self.withdraw.is_empty() && self.rebuild.is_empty()
     }
 }
 
-/// Compares the catalog with what should be; with `repair`, makes it so. Returns what differed.
-/// (With `only`, looks at that run alone.)
-pub fn reconcile(
-    catalog: &Catalog,
-    expected: &BTreeMap<String, (Publication, Links)>,
-    repair: bool,
-    only: Option<&str>,
-) -> std::io::Result<Drift> {
-    let published = match only {
-        Some(run) => {
-            catalog.published_run(run)?.map(|links| BTreeMap::from([(run.to_owned(), links)])).unwrap_or_default()
-        }
-        None => catalog.published()?,
-    };
-    let mut drift = Drift { publish: Vec::new(), withdraw: Vec::new() };
-    for (run, (decision, links)) in expected {
-        match decision {
-            Publication::Publish(_) if published.get(run) != Some(links) => drift.publish.push(run.clone()),
-            Publication::Withdraw(_) | Publication::Wait { .. } if published.contains_key(run) => {
-                drift.withdraw.push(run.clone())
+/// The whole catalog against the verdicts: one pass over them, and one look at each run's home.
+pub fn drift(store: &Store, config: &Config, homes: &Homes, now: i64) -> Result<Drift, StoreError> {
+    let verdicts = store.verifications(None)?;
+    let mut by_run: BTreeMap<&str, (&str, Vec<Verification>)> = BTreeMap::new();
+    for verdict in &verdicts {
+        by_run.entry(&verdict.run).or_insert((&verdict.party, Vec::new())).1.push(verdict.clone());
+    }
+    let published: BTreeSet<String> = homes.published().unwrap_or_default().into_iter().collect();
+    let mut drift = Drift::default();
+    for (run, (party, verdicts)) in &by_run {
+        let home = homes.find(run).ok().flatten();
+        let decision = decide_for(config, party, verdicts, home.as_ref(), now);
+        let is_published = published.contains(*run);
+        match decision.publication {
+            Publication::Publish(_) if !is_published && home.is_some() => {
+                drift.publish.push((party.to_string(), run.to_string()))
+            }
+            Publication::Withdraw(_) | Publication::Wait { .. } if is_published => {
+                drift.withdraw.push((party.to_string(), run.to_string()))
+            }
+            Publication::Withdraw(_) if decision.failed && has_copies(home.as_ref(), &decision.databases) => {
+                drift.withdraw.push((party.to_string(), run.to_string()))
             }
             _ => {}
         }
+        drift.rebuild.extend(decision.rebuild.into_iter().map(|d| (party.to_string(), run.to_string(), d)));
     }
-    drift.withdraw.extend(published.keys().filter(|run| !expected.contains_key(*run)).cloned());
-    if repair {
-        for run in &drift.publish {
-            catalog.publish(run, &expected[run].1)?;
-        }
-        for run in &drift.withdraw {
-            catalog.withdraw(run)?;
-        }
+    // A published run with no verdict at all (its store was replaced, say) is no run readers may have.
+    for run in published.iter().filter(|run| !by_run.contains_key(run.as_str())) {
+        let party = store.run(run)?.map(|r| r.party).unwrap_or_default();
+        drift.withdraw.push((party, run.clone()));
     }
     Ok(drift)
+}
+
+fn has_copies(home: Option<&RunHome>, databases: &[String]) -> bool {
+    home.is_some_and(|home| databases.iter().any(|d| crate::fs::sys::stat_in(&home.fd, d).ok().flatten().is_some()))
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! policy allows, and `PRAGMA quick_check` passes within a time budget.
 //!
 //! A replica is untrusted content the readers will execute. `check_header` and `check_schema` are pure decisions over
-//! what was read; `inspect` reads it with a hardened SQLite (read-only, no extensions, no views or triggers,
-//! `trusted_schema` off, defensive mode, a heap limit, a progress handler that stops at the budget). It runs in a
-//! sandboxed child of the service (`evosync catalog inspect`), never in the service itself.
+//! what was read, and the schema is read as SQLite itself reports it (`pragma_table_list`, `pragma_table_xinfo`,
+//! `pragma_index_list`, the object types of `sqlite_schema`), never by searching SQL text: `WITHOUT/**/ROWID`, a
+//! quoted name or a comment cannot hide a table's shape. Databases are read with a hardened SQLite (no extensions,
+//! no views or triggers, `trusted_schema` off, defensive mode, a heap limit, a progress handler that stops at the
+//! budget), only in sandboxed children of the service (`evosync catalog inspect`, `evosync catalog apply`).
 
 use super::schema::TableSpec;
 use rusqlite::config::DbConfig;
@@ -32,8 +34,8 @@ pub enum Problem {
     MissingTable(String),
     #[error("table '{table}' has columns {found}; its policy says {expected}")]
     Columns { table: String, found: String, expected: String },
-    #[error("table '{0}' is declared WITHOUT ROWID or with generated columns; its policy does not allow that")]
-    TableShape(String),
+    #[error("table '{table}' is {shape}; its policy allows only ordinary rowid tables of plain columns")]
+    TableShape { table: String, shape: String },
     #[error("PRAGMA quick_check found: {0}")]
     Corrupt(String),
     #[error("the check took longer than its budget of {0} s")]
@@ -70,57 +72,96 @@ pub fn check_header(header: &[u8]) -> Result<(), Problem> {
     Ok(())
 }
 
-/// One row of `sqlite_schema`.
+/// One object as `sqlite_schema` records it: its type (`table`, `index`, `view`, `trigger`) and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaObject {
     pub kind: String,
     pub name: String,
-    pub sql: Option<String>,
 }
 
-/// One column as the database has it (`pragma_table_xinfo`).
+/// One column as SQLite reports it (`pragma_table_xinfo`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
     pub declared_type: String,
     pub primary_key: bool,
-    /// 0 for an ordinary column; generated and hidden ones are not allowed.
+    /// 0 for an ordinary column; 2 and 3 for generated ones, 1 for a virtual table's hidden ones.
     pub hidden: i64,
 }
 
-/// The schema found against the tables allowed: exactly those tables, each with exactly its columns; besides them
-/// only the automatic indexes of primary keys.
-pub fn check_schema(
-    objects: &[SchemaObject],
-    columns: &BTreeMap<String, Vec<Column>>,
-    expected: &[TableSpec],
-) -> Result<(), Problem> {
-    for object in objects {
-        let sql = object.sql.as_deref().unwrap_or_default().to_ascii_uppercase();
+/// One table as SQLite reports it (`pragma_table_list`, `pragma_table_xinfo`, `pragma_index_list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableFacts {
+    /// `table`, `virtual`, `shadow` or `view`.
+    pub kind: String,
+    pub without_rowid: bool,
+    pub strict: bool,
+    pub columns: Vec<Column>,
+    /// Its indexes: name and origin (`pk` for the automatic index of its primary key, `u` for a UNIQUE constraint,
+    /// `c` for CREATE INDEX).
+    pub indexes: Vec<(String, String)>,
+}
+
+/// Everything the schema check looks at, as SQLite itself reports it: no SQL text is read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaFacts {
+    pub objects: Vec<SchemaObject>,
+    /// By name, as the database spells it.
+    pub tables: BTreeMap<String, TableFacts>,
+}
+
+/// The schema found against the tables allowed: exactly those tables, each an ordinary rowid table (not WITHOUT
+/// ROWID, not STRICT, no generated column) with exactly its columns; besides them only the automatic indexes of
+/// their primary keys. Pure: `schema_facts` gathers what it looks at.
+pub fn check_schema(facts: &SchemaFacts, expected: &[TableSpec]) -> Result<(), Problem> {
+    let listed = |name: &str| expected.iter().any(|t| t.name.eq_ignore_ascii_case(name));
+    let automatic = |index: &str| {
+        facts.tables.iter().any(|(table, found)| {
+            listed(table) && found.indexes.iter().any(|(name, origin)| name == index && origin == "pk")
+        })
+    };
+    for object in &facts.objects {
         match object.kind.as_str() {
-            "table" if sql.trim_start().starts_with("CREATE VIRTUAL") => {
-                return Err(Problem::Forbidden { kind: "virtual table".into(), name: object.name.clone() });
-            }
-            "table" if expected.iter().any(|t| t.name.eq_ignore_ascii_case(&object.name)) => {
-                if sql.contains("WITHOUT ROWID") || sql.contains("GENERATED") || sql.contains(" AS (") {
-                    return Err(Problem::TableShape(object.name.clone()));
-                }
-            }
-            "table" => return Err(Problem::UnlistedTable(object.name.clone())),
-            // An automatic index has no SQL of its own.
-            "index" if object.sql.is_none() && object.name.starts_with("sqlite_autoindex_") => {}
+            "table" if !listed(&object.name) => return Err(Problem::UnlistedTable(object.name.clone())),
+            "table" => {}
+            "index" if automatic(&object.name) => {}
             "index" => return Err(Problem::UnlistedIndex(object.name.clone())),
             kind => return Err(Problem::Forbidden { kind: kind.to_owned(), name: object.name.clone() }),
         }
     }
+    for (name, table) in &facts.tables {
+        match table.kind.as_str() {
+            "table" => {}
+            "virtual" | "shadow" => {
+                return Err(Problem::Forbidden { kind: format!("{} table", table.kind), name: name.clone() })
+            }
+            kind => return Err(Problem::Forbidden { kind: kind.to_owned(), name: name.clone() }),
+        }
+        if !listed(name) {
+            return Err(Problem::UnlistedTable(name.clone()));
+        }
+        let shape = if table.without_rowid {
+            Some("WITHOUT ROWID".to_owned())
+        } else if table.strict {
+            Some("STRICT".to_owned())
+        } else {
+            table.columns.iter().find(|c| c.hidden != 0).map(|c| format!("with the generated column '{}'", c.name))
+        };
+        if let Some(shape) = shape {
+            return Err(Problem::TableShape { table: name.clone(), shape });
+        }
+        if let Some((index, _)) = table.indexes.iter().find(|(_, origin)| origin != "pk") {
+            return Err(Problem::UnlistedIndex(index.clone()));
+        }
+    }
     for table in expected {
-        let found = columns
-            .get(&table.name)
+        let found = facts
+            .tables
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(&table.name))
+            .map(|(_, found)| &found.columns)
             .filter(|c| !c.is_empty())
             .ok_or_else(|| Problem::MissingTable(table.name.clone()))?;
-        if found.iter().any(|c| c.hidden != 0) {
-            return Err(Problem::TableShape(table.name.clone()));
-        }
         let same = found.len() == table.columns.len()
             && found.iter().zip(&table.columns).all(|(have, want)| {
                 have.name.eq_ignore_ascii_case(&want.name)
@@ -158,65 +199,98 @@ fn describe(name: &str, declared_type: &str, primary_key: bool) -> String {
 pub struct Budget {
     pub time: Duration,
     /// SQLite's hard heap limit. It holds for the whole process, which is why inspections run in a process of their
-    /// own (`inspect.rs`).
+    /// own (`inspect.rs`, `apply.rs`).
     pub heap_bytes: u64,
 }
 
-/// Reads the database at `path` the hardened way and checks it. The caller holds the replica's lock.
-pub fn inspect(path: &Path, expected: &[TableSpec], budget: Budget) -> Result<(), Problem> {
+/// How far a check goes: the schema alone (what a push is refused for while its worker waits), or the schema and
+/// `PRAGMA quick_check` (what a copy must pass before readers get it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    Schema,
+    Full,
+}
+
+/// Reads the database at `path` the hardened way, read-only, and checks it.
+pub fn inspect(path: &Path, expected: &[TableSpec], budget: Budget, depth: Depth) -> Result<(), Problem> {
     let mut header = [0u8; 100];
     let read = std::fs::File::open(path)
         .and_then(|mut file| std::io::Read::read(&mut file, &mut header))
         .map_err(|e| Problem::Unreadable(e.to_string()))?;
     check_header(&header[..read])?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| Problem::Unreadable(e.to_string()))?;
+    harden(&conn, budget).map_err(|e| Problem::Unreadable(e.to_string()))?;
+    check_connection(&mut conn, expected, budget, depth)
+}
+
+/// Checks what `conn` sees of its main database (its own uncommitted changes included): the schema as SQLite reports
+/// it, and with `Depth::Full` `PRAGMA quick_check`, within the time budget. The connection must be hardened.
+pub fn check_connection(
+    conn: &mut Connection,
+    expected: &[TableSpec],
+    budget: Budget,
+    depth: Depth,
+) -> Result<(), Problem> {
     let started = Instant::now();
-    let mut conn = open_hardened(path, budget).map_err(|e| Problem::Unreadable(e.to_string()))?;
+    conn.progress_handler(1000, Some(move || started.elapsed() > budget.time))
+        .map_err(|e| Problem::Unreadable(e.to_string()))?;
     let timed_out = |e: rusqlite::Error| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::OperationInterrupted => {
             Problem::TimeBudget(budget.time.as_secs())
         }
         e => Problem::Unreadable(e.to_string()),
     };
-    let started_at = started;
-    conn.progress_handler(1000, Some(move || started_at.elapsed() > budget.time))
-        .map_err(|e| Problem::Unreadable(e.to_string()))?;
-    let objects = conn
-        .prepare("SELECT type, name, sql FROM sqlite_schema")
-        .and_then(|mut s| {
-            s.query_map([], |r| Ok(SchemaObject { kind: r.get(0)?, name: r.get(1)?, sql: r.get(2)? }))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .map_err(timed_out)?;
-    let mut columns = BTreeMap::new();
-    for table in expected {
-        let found = conn
-            .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1)")
-            .and_then(|mut s| {
-                s.query_map([&table.name], |r| {
-                    Ok(Column {
-                        name: r.get(0)?,
-                        declared_type: r.get(1)?,
-                        primary_key: r.get::<_, i64>(2)? > 0,
-                        hidden: r.get(3)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .map_err(timed_out)?;
-        columns.insert(table.name.clone(), found);
-    }
-    check_schema(&objects, &columns, expected)?;
-    let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(timed_out)?;
-    if verdict != "ok" {
-        return Err(Problem::Corrupt(verdict));
+    let facts = schema_facts(conn).map_err(timed_out)?;
+    check_schema(&facts, expected)?;
+    if depth == Depth::Full {
+        let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0)).map_err(timed_out)?;
+        if verdict != "ok" {
+            return Err(Problem::Corrupt(verdict));
+        }
     }
     Ok(())
 }
 
-/// Read-only, no views, no triggers, nothing from the schema trusted, defensive, small caches, a heap limit.
-fn open_hardened(path: &Path, budget: Budget) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
+/// What SQLite reports of the main database's schema: the objects `sqlite_schema` records (their type, not their
+/// SQL), and for each table its kind and shape (`pragma_table_list`), columns (`pragma_table_xinfo`) and indexes
+/// (`pragma_index_list`).
+pub fn schema_facts(conn: &Connection) -> rusqlite::Result<SchemaFacts> {
+    let objects = conn
+        .prepare("SELECT type, name FROM main.sqlite_schema")?
+        .query_map([], |r| Ok(SchemaObject { kind: r.get(0)?, name: r.get(1)? }))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let listed = conn
+        .prepare("SELECT name, type, wr, strict FROM pragma_table_list WHERE schema = 'main'")?
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut tables = BTreeMap::new();
+    for (name, kind, without_rowid, strict) in listed {
+        if name.eq_ignore_ascii_case("sqlite_schema") || name.eq_ignore_ascii_case("sqlite_master") {
+            continue;
+        }
+        let columns = conn
+            .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1, 'main')")?
+            .query_map([&name], |r| {
+                Ok(Column {
+                    name: r.get(0)?,
+                    declared_type: r.get(1)?,
+                    primary_key: r.get::<_, i64>(2)? > 0,
+                    hidden: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let indexes = conn
+            .prepare("SELECT name, origin FROM pragma_index_list(?1, 'main')")?
+            .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        tables.insert(name, TableFacts { kind, without_rowid, strict, columns, indexes });
+    }
+    Ok(SchemaFacts { objects, tables })
+}
+
+/// No views, no triggers, nothing from the schema trusted, defensive, small caches, no memory map, a heap limit.
+pub fn harden(conn: &Connection, budget: Budget) -> rusqlite::Result<()> {
     for (setting, on) in [
         (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
         (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
@@ -229,8 +303,7 @@ fn open_hardened(path: &Path, budget: Budget) -> rusqlite::Result<Connection> {
     conn.execute_batch(&format!(
         "PRAGMA hard_heap_limit = {}; PRAGMA cache_size = -8192; PRAGMA mmap_size = 0; PRAGMA cell_size_check = ON;",
         budget.heap_bytes
-    ))?;
-    Ok(conn)
+    ))
 }
 
 #[cfg(test)]
@@ -261,70 +334,91 @@ mod tests {
         assert_eq!(check_header(&[0u8; 10]), Err(Problem::NotSqlite));
     }
 
-    fn table(name: &str, sql: &str) -> SchemaObject {
-        SchemaObject { kind: "table".into(), name: name.into(), sql: Some(sql.into()) }
-    }
-
     fn column(name: &str, declared_type: &str, primary_key: bool) -> Column {
         Column { name: name.into(), declared_type: declared_type.into(), primary_key, hidden: 0 }
     }
 
-    fn workers() -> (Vec<SchemaObject>, BTreeMap<String, Vec<Column>>) {
-        let objects = vec![
-            table("genomes", "CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB)"),
-            SchemaObject { kind: "index".into(), name: "sqlite_autoindex_genomes_1".into(), sql: None },
-            table("metadata", "CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT)"),
-            SchemaObject { kind: "index".into(), name: "sqlite_autoindex_metadata_1".into(), sql: None },
-        ];
-        let columns = BTreeMap::from([
-            ("genomes".to_owned(), vec![column("id", "TEXT", true), column("data", "BLOB", false)]),
-            ("metadata".to_owned(), vec![column("key", "TEXT", true), column("value", "TEXT", false)]),
-        ]);
-        (objects, columns)
+    fn object(kind: &str, name: &str) -> SchemaObject {
+        SchemaObject { kind: kind.into(), name: name.into() }
+    }
+
+    fn plain(columns: Vec<Column>, autoindex: &str) -> TableFacts {
+        TableFacts {
+            kind: "table".into(),
+            without_rowid: false,
+            strict: false,
+            columns,
+            indexes: vec![(autoindex.into(), "pk".into())],
+        }
+    }
+
+    fn workers() -> SchemaFacts {
+        SchemaFacts {
+            objects: vec![
+                object("table", "genomes"),
+                object("index", "sqlite_autoindex_genomes_1"),
+                object("table", "metadata"),
+                object("index", "sqlite_autoindex_metadata_1"),
+            ],
+            tables: BTreeMap::from([
+                (
+                    "genomes".to_owned(),
+                    plain(
+                        vec![column("id", "TEXT", true), column("data", "BLOB", false)],
+                        "sqlite_autoindex_genomes_1",
+                    ),
+                ),
+                (
+                    "metadata".to_owned(),
+                    plain(
+                        vec![column("key", "TEXT", true), column("value", "TEXT", false)],
+                        "sqlite_autoindex_metadata_1",
+                    ),
+                ),
+            ]),
+        }
     }
 
     #[test]
     fn the_workers_schema_passes_and_everything_else_is_named() {
         let expected = default_tables("genomes.sqlite").unwrap();
-        let (objects, columns) = workers();
-        assert_eq!(check_schema(&objects, &columns, &expected), Ok(()));
+        assert_eq!(check_schema(&workers(), &expected), Ok(()));
 
         let with = |extra: SchemaObject| {
-            let mut objects = objects.clone();
-            objects.push(extra);
-            check_schema(&objects, &columns, &expected)
+            let mut facts = workers();
+            facts.objects.push(extra);
+            check_schema(&facts, &expected)
         };
-        let view = SchemaObject {
-            kind: "view".into(),
-            name: "v".into(),
-            sql: Some("CREATE VIEW v AS WITH RECURSIVE …".into()),
-        };
-        assert!(matches!(with(view), Err(Problem::Forbidden { .. })));
-        let trigger = SchemaObject { kind: "trigger".into(), name: "t".into(), sql: Some("CREATE TRIGGER …".into()) };
-        assert!(matches!(with(trigger), Err(Problem::Forbidden { .. })));
-        assert_eq!(with(table("extra", "CREATE TABLE extra (x)")), Err(Problem::UnlistedTable("extra".into())));
-        let virtual_table = table("fts", "CREATE VIRTUAL TABLE fts USING fts5(x)");
-        assert!(matches!(with(virtual_table), Err(Problem::Forbidden { .. })));
-        let index = SchemaObject {
-            kind: "index".into(),
-            name: "i".into(),
-            sql: Some("CREATE INDEX i ON genomes(data)".into()),
-        };
-        assert_eq!(with(index), Err(Problem::UnlistedIndex("i".into())));
+        assert!(matches!(with(object("view", "v")), Err(Problem::Forbidden { .. })));
+        assert!(matches!(with(object("trigger", "t")), Err(Problem::Forbidden { .. })));
+        assert_eq!(with(object("table", "extra")), Err(Problem::UnlistedTable("extra".into())));
+        assert_eq!(with(object("index", "i")), Err(Problem::UnlistedIndex("i".into())));
 
-        let mut wrong = columns.clone();
-        wrong.insert("genomes".into(), vec![column("id", "INTEGER", true), column("data", "BLOB", false)]);
-        let Err(Problem::Columns { found, .. }) = check_schema(&objects, &wrong, &expected) else { panic!() };
+        let changed = |change: &dyn Fn(&mut TableFacts)| {
+            let mut facts = workers();
+            change(facts.tables.get_mut("genomes").unwrap());
+            check_schema(&facts, &expected)
+        };
+        let shape = |shape: &str| Err(Problem::TableShape { table: "genomes".into(), shape: shape.into() });
+        assert_eq!(changed(&|t| t.without_rowid = true), shape("WITHOUT ROWID"));
+        assert_eq!(changed(&|t| t.strict = true), shape("STRICT"));
+        assert_eq!(
+            changed(&|t| t.columns.push(Column { hidden: 2, ..column("g", "", false) })),
+            shape("with the generated column 'g'")
+        );
+        assert!(matches!(changed(&|t| t.kind = "virtual".into()), Err(Problem::Forbidden { .. })));
+        assert_eq!(
+            changed(&|t| t.indexes.push(("sqlite_autoindex_genomes_2".into(), "u".into()))),
+            Err(Problem::UnlistedIndex("sqlite_autoindex_genomes_2".into()))
+        );
+        let Err(Problem::Columns { found, .. }) = changed(&|t| t.columns[0].declared_type = "INTEGER".into()) else {
+            panic!()
+        };
         assert_eq!(found, "(id INTEGER PRIMARY KEY, data BLOB)");
-        let mut missing = columns.clone();
-        missing.remove("metadata");
-        assert_eq!(check_schema(&objects, &missing, &expected), Err(Problem::MissingTable("metadata".into())));
-        let mut generated = columns.clone();
-        generated.get_mut("genomes").unwrap().push(Column { hidden: 2, ..column("g", "", false) });
-        assert_eq!(check_schema(&objects, &generated, &expected), Err(Problem::TableShape("genomes".into())));
-        let mut rowless = objects.clone();
-        rowless[0] = table("genomes", "CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB) WITHOUT ROWID");
-        assert_eq!(check_schema(&rowless, &columns, &expected), Err(Problem::TableShape("genomes".into())));
+        let mut missing = workers();
+        missing.tables.remove("metadata");
+        missing.objects.retain(|o| !o.name.contains("metadata"));
+        assert_eq!(check_schema(&missing, &expected), Err(Problem::MissingTable("metadata".into())));
     }
 
     fn database(dir: &Path, name: &str, wal: bool, extra: &str) -> std::path::PathBuf {
@@ -348,20 +442,20 @@ mod tests {
     fn inspecting_real_files() {
         let dir = tempfile::tempdir().unwrap();
         let expected = default_tables("genomes.sqlite").unwrap();
-        assert_eq!(inspect(&database(dir.path(), "good.sqlite", true, ""), &expected, BUDGET), Ok(()));
+        assert_eq!(inspect(&database(dir.path(), "good.sqlite", true, ""), &expected, BUDGET, Depth::Full), Ok(()));
         assert_eq!(
-            inspect(&database(dir.path(), "journal.sqlite", false, ""), &expected, BUDGET),
+            inspect(&database(dir.path(), "journal.sqlite", false, ""), &expected, BUDGET, Depth::Full),
             Err(Problem::NotWal(1, 1))
         );
         let bomb =
             "CREATE VIEW bomb AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c;";
         let started = Instant::now();
-        let verdict = inspect(&database(dir.path(), "view.sqlite", true, bomb), &expected, BUDGET);
+        let verdict = inspect(&database(dir.path(), "view.sqlite", true, bomb), &expected, BUDGET, Depth::Full);
         assert!(matches!(verdict, Err(Problem::Forbidden { .. })), "{verdict:?}");
         assert!(started.elapsed() < Duration::from_secs(5), "the view was never run");
         let trigger = "CREATE TRIGGER t AFTER INSERT ON genomes BEGIN DELETE FROM metadata; END;";
         assert!(matches!(
-            inspect(&database(dir.path(), "trigger.sqlite", true, trigger), &expected, BUDGET),
+            inspect(&database(dir.path(), "trigger.sqlite", true, trigger), &expected, BUDGET, Depth::Full),
             Err(Problem::Forbidden { .. })
         ));
         let typed = dir.path().join("typed.sqlite");
@@ -369,7 +463,7 @@ mod tests {
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
         conn.execute_batch("CREATE TABLE genomes (id INTEGER PRIMARY KEY, data TEXT); CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT);").unwrap();
         drop(conn);
-        assert!(matches!(inspect(&typed, &expected, BUDGET), Err(Problem::Columns { .. })));
+        assert!(matches!(inspect(&typed, &expected, BUDGET, Depth::Full), Err(Problem::Columns { .. })));
 
         // A b-tree page overwritten with noise: quick_check says so.
         let corrupt = database(dir.path(), "corrupt.sqlite", true, "");
@@ -388,8 +482,54 @@ mod tests {
             *b = (i * 131 % 251) as u8;
         }
         std::fs::write(&corrupt, bytes).unwrap();
-        let verdict = inspect(&corrupt, &expected, BUDGET);
+        let verdict = inspect(&corrupt, &expected, BUDGET, Depth::Full);
         assert!(matches!(verdict, Err(Problem::Corrupt(_)) | Err(Problem::Unreadable(_))), "{verdict:?}");
+    }
+
+    /// Shapes the SQL text would hide, decided by what SQLite reports.
+    #[test]
+    fn shapes_are_read_from_sqlite_not_from_the_sql_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = default_tables("genomes.sqlite").unwrap();
+        let metadata = "CREATE TABLE metadata (key TEXT PRIMARY KEY, value TEXT);";
+        let cases = [
+            ("CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB) WITHOUT/**/ROWID;", "WITHOUT ROWID"),
+            ("CREATE TABLE \"genomes\" (id TEXT PRIMARY KEY, data BLOB) --\n WITHOUT ROWID;", "WITHOUT ROWID"),
+            ("CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB) STRICT;", "STRICT"),
+            (
+                "CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB, g/**/GENERATED ALWAYS AS (length(data)));",
+                "with the generated column 'g'",
+            ),
+        ];
+        for (n, (sql, shape)) in cases.iter().enumerate() {
+            let path = dir.path().join(format!("shape{n}.sqlite"));
+            let conn = Connection::open(&path).unwrap();
+            conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+            conn.execute_batch(&format!("{sql} {metadata}")).unwrap();
+            drop(conn);
+            assert_eq!(
+                inspect(&path, &expected, BUDGET, Depth::Schema),
+                Err(Problem::TableShape { table: "genomes".into(), shape: (*shape).into() }),
+                "{sql}"
+            );
+        }
+        let unique = dir.path().join("unique.sqlite");
+        let conn = Connection::open(&unique).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.execute_batch(&format!("CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB UNIQUE); {metadata}"))
+            .unwrap();
+        drop(conn);
+        assert!(matches!(inspect(&unique, &expected, BUDGET, Depth::Schema), Err(Problem::UnlistedIndex(_))));
+        let fts = dir.path().join("fts.sqlite");
+        let conn = Connection::open(&fts).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE genomes (id TEXT PRIMARY KEY, data BLOB); {metadata} CREATE VIRTUAL TABLE f USING fts5(x);"
+        ))
+        .unwrap();
+        drop(conn);
+        let verdict = inspect(&fts, &expected, BUDGET, Depth::Schema);
+        assert!(matches!(verdict, Err(Problem::Forbidden { .. }) | Err(Problem::UnlistedTable(_))), "{verdict:?}");
     }
 
     #[test]
@@ -405,6 +545,6 @@ mod tests {
         .unwrap();
         drop(conn);
         let tight = Budget { time: Duration::from_millis(1), heap_bytes: 64 << 20 };
-        assert_eq!(inspect(&path, &expected, tight), Err(Problem::TimeBudget(0)));
+        assert_eq!(inspect(&path, &expected, tight, Depth::Full), Err(Problem::TimeBudget(0)));
     }
 }

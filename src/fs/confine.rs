@@ -221,7 +221,8 @@ impl RunFolder {
     }
 }
 
-/// Opens (creating when `create`) the folder `segments` beneath `run_folder`; `Ok(None)` when it does not exist.
+/// Opens (creating when `create`, mode 0750: a run's home holds what its readers' group may read, never write) the
+/// folder `segments` beneath `run_folder`; `Ok(None)` when it does not exist.
 pub fn open_beneath(run_folder: &OwnedFd, segments: &[&str], create: bool) -> Result<Option<OwnedFd>, Errno> {
     Ok(open_beneath_counting(run_folder, segments, create)?.map(|(fd, _)| fd))
 }
@@ -238,7 +239,7 @@ pub fn open_beneath_counting(
         // Open first: the folder nearly always exists, and a mkdir would lock the parent on every upload.
         let opened = match sys::open_dir_beneath(parent, segment) {
             Err(Errno::ENOENT) if create => {
-                created += u64::from(sys::make_dir_in(parent, segment)?);
+                created += u64::from(sys::make_dir_mode_in(parent, segment, 0o750)?);
                 sys::open_dir_beneath(parent, segment)
             }
             other => other,

@@ -21,6 +21,9 @@ pub const TEMP_PREFIX: &str = ".upload-";
 /// A file being received. Dropped before `finish`, it removes its temp file.
 pub struct PendingFile {
     dir: Arc<OwnedFd>,
+    /// Where the temp file is made: `dir` itself, or a private folder on its file system (the catalog's
+    /// `.incoming`, so that readers of `dir` never see a file being made).
+    staging: Arc<OwnedFd>,
     temp_name: String,
     pub name: String,
     file: Option<File>,
@@ -68,9 +71,19 @@ impl PendingFile {
     }
 
     pub fn begin_with_mode(dir: Arc<OwnedFd>, name: &str, mode: u32) -> std::io::Result<PendingFile> {
+        PendingFile::begin_in(dir.clone(), dir, name, mode)
+    }
+
+    /// Starts `name` for `dir` with its temp file in `staging` (one file system with `dir`), as an uploaded file.
+    pub fn begin_staged(dir: Arc<OwnedFd>, staging: Arc<OwnedFd>, name: &str) -> std::io::Result<PendingFile> {
+        PendingFile::begin_in(dir, staging, name, UPLOAD_MODE)
+    }
+
+    fn begin_in(dir: Arc<OwnedFd>, staging: Arc<OwnedFd>, name: &str, mode: u32) -> std::io::Result<PendingFile> {
         let temp_name = format!("{TEMP_PREFIX}{}.tmp", uuid::Uuid::new_v4().simple());
-        let file = sys::create_file_in(dir.as_ref(), &temp_name, mode)?;
-        Ok(PendingFile { dir, temp_name, name: name.to_owned(), file: Some(file), hasher: Sha256::new(), bytes: 0 })
+        let file = sys::create_file_in(staging.as_ref(), &temp_name, mode)?;
+        let (hasher, name) = (Sha256::new(), name.to_owned());
+        Ok(PendingFile { dir, staging, temp_name, name, file: Some(file), hasher, bytes: 0 })
     }
 
     /// Gives the file to `owner` (uid, gid) unless it is ours already: an unprivileged service needs no fchown then.
@@ -148,16 +161,16 @@ impl PendingFile {
         let stat = sys::fstat(&file).map_err(std::io::Error::from)?;
         let modified_ns = stat.st_mtime * 1_000_000_000 + stat.st_mtime_nsec;
         drop(file);
-        let dir = self.dir.as_ref();
+        let (dir, staging) = (self.dir.as_ref(), self.staging.as_ref());
         // Most uploads are new files: one rename that refuses to replace, and a stat only when it did refuse.
-        let replaced = !sys::rename_new_in(dir, &self.temp_name, &self.name)?;
+        let replaced = !sys::rename_between(staging, &self.temp_name, dir, &self.name)?;
         let replaced_bytes = if !replaced {
             0
         } else if !replace {
             return Err(FinishError::Io(std::io::ErrorKind::AlreadyExists.into()));
         } else {
             let old = sys::stat_in(dir, &self.name).ok().flatten().filter(sys::is_regular_file);
-            sys::rename_in(dir, &self.temp_name, &self.name)?;
+            sys::rename_over_between(staging, &self.temp_name, dir, &self.name)?;
             old.map(|stat| stat.st_size.max(0) as u64).unwrap_or(0)
         };
         self.temp_name.clear(); // nothing left to clean up
@@ -176,7 +189,7 @@ impl PendingFile {
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.temp_name.is_empty() {
-            let _ = sys::unlink_in(self.dir.as_ref(), &self.temp_name);
+            let _ = sys::unlink_in(self.staging.as_ref(), &self.temp_name);
         }
     }
 }

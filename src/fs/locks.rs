@@ -1,4 +1,4 @@
-//! Lock files in `locks_dir/PARTY/`: one push (or re-verification) of a replica at a time, a party's sync slots, a
+//! Lock files in `locks_dir/PARTY/`: one push (or copy for readers) of a replica at a time, a party's sync slots, a
 //! party's quota. Each is an flock on a file, waited for by polling until a deadline, released when dropped.
 
 use crate::fs::sys;
@@ -36,7 +36,8 @@ pub fn replica_lock_name(run: &str, database: &str) -> String {
     format!("replica-{}.lock", crate::time::hex(&digest[..16]))
 }
 
-/// The lock of one replica: held by its push, and by whoever reads it as a whole (a re-verification).
+/// The lock of one replica: held by its push, and by the catalog while it reads the replica into its verified copy
+/// (`catalog::pipeline`), so the copy never reads a replica being written.
 pub fn replica(
     locks_dir: &Path,
     party: &str,
@@ -47,27 +48,19 @@ pub fn replica(
     one_lock(locks_dir, party, &replica_lock_name(run, database), wait)
 }
 
-/// `copy-<32 hex>.lock`, as `replica_lock_name`.
-pub fn copy_lock_name(run: &str, database: &str) -> String {
-    replica_lock_name(run, database).replacen("replica-", "copy-", 1)
-}
-
-/// The lock of a replica's verified copy for readers: held by the service while it brings the copy up to date after
-/// the replica's push has ended and its gate has gone, and waited for by the next push of the replica before it
-/// writes (`gate::handover::Locks`), so that the copy never reads a replica being written.
-pub fn copy(
-    locks_dir: &Path,
-    party: &str,
-    run: &str,
-    database: &str,
-    wait: Duration,
-) -> Result<Option<Held>, LockFileError> {
-    one_lock(locks_dir, party, &copy_lock_name(run, database), wait)
-}
-
 /// The lock file `name` of `party`, waited for until `wait` has passed.
 fn one_lock(locks_dir: &Path, party: &str, name: &str, wait: Duration) -> Result<Option<Held>, LockFileError> {
     first_free(&[party_dir(locks_dir, party)?.join(name)], Instant::now() + wait)
+}
+
+/// Takes the replica's lock if nobody holds it now; `None` when somebody does (a push in flight).
+pub fn try_replica(locks_dir: &Path, party: &str, run: &str, database: &str) -> Result<Option<Held>, LockFileError> {
+    one_lock(locks_dir, party, &replica_lock_name(run, database), Duration::ZERO)
+}
+
+/// Whether somebody holds the replica's lock now (the broker asks it of a gate that says it pushes).
+pub fn replica_is_held(locks_dir: &Path, party: &str, run: &str, database: &str) -> Result<bool, LockFileError> {
+    Ok(try_replica(locks_dir, party, run, database)?.is_none())
 }
 
 /// Takes the first free lock among `paths`, polling until `deadline`; `None` when all stayed busy.

@@ -97,6 +97,15 @@ impl Sandbox {
         required: bool,
         access: FolderAccess,
     ) -> Result<Sandbox, SandboxError> {
+        Sandbox::prepare_for(program, &[(run_folder, access)], required)
+    }
+
+    /// As `prepare_with`, for a process that works in several folders (the catalog's copies).
+    pub fn prepare_for(
+        program: &Path,
+        folders: &[(&OwnedFd, FolderAccess)],
+        required: bool,
+    ) -> Result<Sandbox, SandboxError> {
         let seccomp = if sys::seccomp_filter_available() {
             Some(socket_filter().map_err(SandboxError::Build)?)
         } else if required {
@@ -115,7 +124,7 @@ impl Sandbox {
         }
         let build = || -> Result<RulesetCreated, landlock::RulesetError> {
             let read = AccessFs::from_read(TARGET_ABI);
-            let replica = match access {
+            let allowed = |access: FolderAccess| match access {
                 FolderAccess::ReadWrite => {
                     AccessFs::ReadFile
                         | AccessFs::WriteFile
@@ -138,7 +147,10 @@ impl Sandbox {
                     ruleset = ruleset.add_rule(PathBeneath::new(fd, read))?;
                 }
             }
-            ruleset.add_rule(PathBeneath::new(run_folder, replica))
+            for (folder, access) in folders {
+                ruleset = ruleset.add_rule(PathBeneath::new(*folder, allowed(*access)))?;
+            }
+            Ok(ruleset)
         };
         let ruleset = build().map_err(|e| SandboxError::Build(e.to_string()))?;
         let abi = kernel_abi.min(TARGET_ABI as i64);

@@ -53,6 +53,23 @@ pub fn make_dir_in(dir: &impl AsRawFd, name: &str) -> Result<bool, Errno> {
     }
 }
 
+/// Creates the directory `name` in `dir` with `mode` (less the umask); `Ok(false)` when it already exists.
+pub fn make_dir_mode_in(dir: &impl AsRawFd, name: &str, mode: u32) -> Result<bool, Errno> {
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the directory `name` in `dir` for this process's account alone (0700), when it does not exist yet.
+pub fn make_private_dir_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
+    match nix::sys::stat::mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// `lstat` of `name` in `dir`; `None` when it does not exist.
 pub fn stat_in(dir: &impl AsRawFd, name: &str) -> Result<Option<FileStat>, Errno> {
     match fstatat(Some(dir.as_raw_fd()), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -148,6 +165,44 @@ pub fn signal_child(pid: u32, signal: Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
 
+/// What the SSH channel (standard input) holds before a push starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Bytes from the worker are waiting.
+    Data,
+    /// The worker closed it without sending a byte.
+    Closed,
+    /// Nothing arrived within the wait.
+    Quiet,
+}
+
+/// Waits up to `seconds` for standard input to hold a byte or its end, and says which, without taking a byte.
+pub fn wait_for_channel(seconds: u64) -> Channel {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::BorrowedFd;
+    // SAFETY: descriptor 0 is this process's standard input for as long as it runs; nothing closes it meanwhile.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    let timeout =
+        PollTimeout::try_from(seconds.saturating_mul(1000).min(i32::MAX as u64) as i32).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(stdin, PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(0) => Channel::Quiet,
+        Ok(_) => {
+            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+            if !revents.contains(PollFlags::POLLIN) {
+                return Channel::Closed;
+            }
+            // A socket at its end is readable too: peek (a pipe's end never sets POLLIN without data).
+            let mut byte = [0u8; 1];
+            match nix::sys::socket::recv(0, &mut byte, nix::sys::socket::MsgFlags::MSG_PEEK) {
+                Ok(0) => Channel::Closed,
+                _ => Channel::Data,
+            }
+        }
+        Err(_) => Channel::Data,
+    }
+}
+
 /// SIGALRM in `seconds` (0 cancels the alarm).
 pub fn set_alarm(seconds: u32) {
     if seconds == 0 {
@@ -195,6 +250,18 @@ pub fn open_file_in(dir: &impl AsRawFd, name: &str) -> Result<File, Errno> {
         Some(dir.as_raw_fd()),
         name,
         OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Opens the file `name` in `dir` to read and write, without following a symlink.
+pub fn open_file_rw_in(dir: &impl AsRawFd, name: &str) -> Result<File, Errno> {
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        name,
+        OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
     // SAFETY: openat returned a new descriptor that nothing else owns.
@@ -307,8 +374,38 @@ pub fn rename_new_in(dir: &impl AsRawFd, from: &str, to: &str) -> Result<bool, E
     }
 }
 
+/// Renames `from` in `from_dir` to `to` in `to_dir` (one file system) only if `to` does not exist yet: `Ok(false)`
+/// when it does. No path outside the two folders is resolved.
+pub fn rename_between(from_dir: &impl AsRawFd, from: &str, to_dir: &impl AsRawFd, to: &str) -> Result<bool, Errno> {
+    let (source, target) = (Some(from_dir.as_raw_fd()), Some(to_dir.as_raw_fd()));
+    match nix::fcntl::renameat2(source, from, target, to, nix::fcntl::RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames `from` in `from_dir` to `to` in `to_dir` (one file system), replacing what is there.
+pub fn rename_over_between(from_dir: &impl AsRawFd, from: &str, to_dir: &impl AsRawFd, to: &str) -> Result<(), Errno> {
+    nix::fcntl::renameat(Some(from_dir.as_raw_fd()), from, Some(to_dir.as_raw_fd()), to)
+}
+
 pub fn unlink_in(dir: &impl AsRawFd, name: &str) -> Result<(), Errno> {
     nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+}
+
+/// Copies the first `len` bytes of `from` into `to` (from their starts) inside the kernel (copy_file_range), with
+/// no buffer of ours in between.
+pub fn copy_whole(from: &File, to: &File, len: u64) -> std::io::Result<()> {
+    let (mut from_offset, mut to_offset) = (0i64, 0i64);
+    while (from_offset as u64) < len {
+        let chunk = (len - from_offset as u64).min(1 << 30) as usize;
+        let copied = nix::fcntl::copy_file_range(from, Some(&mut from_offset), to, Some(&mut to_offset), chunk)?;
+        if copied == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the file ended before its size"));
+        }
+    }
+    Ok(())
 }
 
 /// Makes the folder's entries durable (after a rename in it).

@@ -11,7 +11,8 @@
 
 use super::refusal::{Refusal, RefusalCode};
 use crate::access::{self, ClaimError, Headroom, KeyState, OverQuota, RunOwner, Usage};
-use crate::broker::{self, Answer, KeyRefusal, Owner, QuotaRefusal, Request};
+use crate::broker::{self, Answer, GateRecord, Request};
+use crate::catalog::push::AfterPush;
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, PartyTree};
 use crate::fs::locks;
@@ -46,6 +47,8 @@ pub struct Broker {
 /// Room granted for a push: the child's RLIMIT_FSIZE, held until dropped.
 pub struct Grant {
     pub fsize_limit: u64,
+    /// Standalone: whether the replica had work waiting already (`catalog::push::started`).
+    pub had_pending: bool,
     /// Standalone only: the party's quota lock, held for the whole push.
     _quota_lock: Option<locks::Held>,
 }
@@ -81,13 +84,8 @@ impl Central {
         match self {
             Central::Service(broker) => match broker.ask(&Request::Key { id: id.to_owned() }).map_err(unavailable)? {
                 Answer::Key { party } => Ok(party),
-                Answer::KeyRefused { why, party } => Err(match why {
-                    KeyRefusal::Unknown => RefusalCode::KeyUnknown,
-                    KeyRefusal::Revoked => RefusalCode::KeyRevoked,
-                    KeyRefusal::Expired => RefusalCode::KeyExpired,
-                    KeyRefusal::PartyDisabled => RefusalCode::PartyDisabled { party: party.unwrap_or_default() },
-                }
-                .into()),
+                Answer::KeyUnknown => Err(RefusalCode::KeyUnknown.into()),
+                Answer::KeyRefused { state, party } => Err(key_refusal(state, party)),
                 other => Err(unavailable(format!("unexpected answer {other:?}"))),
             },
             Central::Store(store) => {
@@ -95,9 +93,7 @@ impl Central {
                 let Some((key, party_enabled)) = found else { return Err(RefusalCode::KeyUnknown.into()) };
                 match KeyState::of_ssh_key(&key, party_enabled, crate::time::now()) {
                     KeyState::Active => {}
-                    KeyState::Revoked => return Err(RefusalCode::KeyRevoked.into()),
-                    KeyState::Expired => return Err(RefusalCode::KeyExpired.into()),
-                    KeyState::PartyDisabled => return Err(RefusalCode::PartyDisabled { party: key.party }.into()),
+                    state => return Err(key_refusal(state, key.party)),
                 }
                 let _ = store.touch_ssh_key(&key.id);
                 Ok(key.party)
@@ -126,9 +122,7 @@ impl Central {
         match self {
             Central::Service(broker) => {
                 match broker.ask(&Request::RunOwner { party: party.into(), run: run.into() }).map_err(unreadable)? {
-                    Answer::Owner { owner: Owner::Nobody } => Ok(RunOwner::Nobody),
-                    Answer::Owner { owner: Owner::Asker } => Ok(RunOwner::Asker),
-                    Answer::Owner { owner: Owner::Another } => Ok(RunOwner::Another),
+                    Answer::Owner { owner } => Ok(owner),
                     other => Err(unreadable(format!("unexpected answer {other:?}"))),
                 }
             }
@@ -159,7 +153,9 @@ impl Central {
         }
     }
 
-    /// Room for a push of `run/database`, which holds `current_bytes` now and adds `new_files` entries.
+    /// Room for a push of `run/database`, which holds `current_bytes` now and adds `new_files` entries; from here on
+    /// the replica counts as being pushed (`catalog::push::started`). Returns the grant, and whether the replica had
+    /// work waiting already (standalone; the service keeps that itself).
     pub fn reserve_push(
         &self,
         config: &Config,
@@ -180,8 +176,8 @@ impl Central {
             };
             let failed = |e: String| Refusal::with_detail(RefusalCode::QuotaUnknown, e);
             return match broker.ask(&request).map_err(failed)? {
-                Answer::Granted { fsize_limit } => Ok(Grant { fsize_limit, _quota_lock: None }),
-                Answer::OverQuota { why, used, max } => Err(over_quota(party, why, used, max)),
+                Answer::Granted { fsize_limit } => Ok(Grant { fsize_limit, had_pending: false, _quota_lock: None }),
+                Answer::OverQuota { over } => Err(over_quota(party, over)),
                 other => Err(failed(format!("unexpected answer {other:?}"))),
             };
         }
@@ -190,48 +186,98 @@ impl Central {
             Some(_) => Some(quota_lock(&config.locks_dir(), party, config.lock_wait_seconds)?),
             None => None,
         };
-        let used = tree.usage()?;
+        let had_pending = match self {
+            Central::Store(store) => crate::catalog::push::started(store, party, run, database)
+                .map_err(|e| Refusal::with_detail(RefusalCode::RunNotRecorded, e))?,
+            _ => false,
+        };
+        let homes = crate::catalog::home::Homes::open(config).ok();
+        let runs = match self {
+            Central::Store(store) => store.runs(Some(party)).map(|runs| runs.into_iter().map(|r| r.name).collect()),
+            _ => Ok(Vec::new()),
+        }
+        .unwrap_or_default();
+        let used = access::measure(tree, homes.as_ref(), &runs)
+            .map_err(|e| Refusal::with_detail(RefusalCode::QuotaUnknown, e))?;
+        let copy_bytes = homes.as_ref().map_or(0, |homes| copy_size(homes, run, database));
         let headroom = Headroom::of(limits, used, Usage::default());
-        let (fsize_limit, _) = headroom.for_push(limits, current_bytes, new_files).map_err(|over| match over {
-            OverQuota::Bytes { used, max } => over_quota(party, QuotaRefusal::Bytes, used, max),
-            OverQuota::Files { used, max } => over_quota(party, QuotaRefusal::Files, used, max),
-        })?;
-        Ok(Grant { fsize_limit, _quota_lock: quota_lock })
+        let (fsize_limit, _) =
+            headroom.for_push(limits, current_bytes, copy_bytes, new_files).map_err(|over| over_quota(party, over))?;
+        Ok(Grant { fsize_limit, had_pending, _quota_lock: quota_lock })
     }
 
-    /// One record in the hash-chained audit trail; false when it could not be written.
-    pub fn audit(&self, entry: &AuditEntry<'_>) -> Result<(), String> {
+    /// One of the gate's records in the hash-chained audit trail.
+    pub fn audit(&self, record: GateRecord) -> Result<(), String> {
         match self {
-            Central::Service(broker) => {
-                let request = Request::Audit {
-                    party: entry.party.into(),
-                    actor: entry.actor.into(),
-                    subject: entry.subject.into(),
-                    outcome: entry.outcome.into(),
-                    detail: entry.detail.into(),
+            Central::Service(broker) => expect_done(broker.ask(&Request::Audit(record))?),
+            Central::Store(store) => {
+                let outcome = record.outcome.text();
+                let entry = AuditEntry {
+                    actor: &record.actor,
+                    action: "gate",
+                    party: &record.party,
+                    subject: &record.subject,
+                    outcome: &outcome,
+                    detail: &record.detail,
                 };
-                expect_done(broker.ask(&request)?)
+                store.append_audit(&entry).map(drop).map_err(|e| e.to_string())
             }
-            Central::Store(store) => store.append_audit(entry).map(drop).map_err(|e| e.to_string()),
             Central::Unreachable(why) => Err(why.clone()),
             Central::Absent => Err("no state store".into()),
         }
     }
 
-    /// The push's ledger row (and, with the service, the end of its reservation).
-    pub fn finish(&self, row: &LedgerRow) -> Result<(), String> {
+    /// The push's ledger row (and, with the service, the end of its reservation). With the service, its answer comes
+    /// once the pushed schema was checked: `Err(Refused)` when it did not pass. Standalone, the replica awaits the
+    /// service's next start.
+    pub fn finish(&self, row: &LedgerRow, had_pending: bool) -> Result<(), Finished> {
         match self {
             Central::Service(broker) => {
                 let ledger = row.clone();
-                // The service checks the replica before it answers: as long as the check's own budget, and then some.
+                // The service checks the schema before it answers: as long as the check's own budget, and then some.
                 let wait = Duration::from_secs(broker.verify_seconds.saturating_add(60));
-                expect_done(broker.ask_within(&Request::Finish { ledger }, wait)?)
+                match broker.ask_within(&Request::Finish { ledger }, wait).map_err(Finished::Unrecorded)? {
+                    Answer::Done => Ok(()),
+                    Answer::Refused { reason } => Err(Finished::Refused(reason)),
+                    other => Err(Finished::Unrecorded(format!("the service answered {other:?}"))),
+                }
             }
-            Central::Store(store) => store.record_sync(row).map(drop).map_err(|e| e.to_string()),
-            Central::Unreachable(why) => Err(why.clone()),
+            Central::Store(store) => match crate::catalog::push::ended(store, row, had_pending) {
+                Ok(AfterPush::Nothing | AfterPush::Check { .. }) => Ok(()),
+                Err(error) => Err(Finished::Unrecorded(error.to_string())),
+            },
+            Central::Unreachable(why) => Err(Finished::Unrecorded(why.clone())),
             Central::Absent => Ok(()),
         }
     }
+}
+
+/// Why a push's end did not end well on the central side.
+#[derive(Debug)]
+pub enum Finished {
+    /// What the push left does not pass its policy's schema: the worker is told this.
+    Refused(String),
+    /// The push's record could not be kept (the service went away, say).
+    Unrecorded(String),
+}
+
+/// The bytes the verified copy of `run/database` holds (its database file and `-wal`), where the gate can see it.
+fn copy_size(homes: &crate::catalog::home::Homes, run: &str, database: &str) -> u64 {
+    let Ok(Some(home)) = homes.find(run) else { return 0 };
+    ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| crate::fs::sys::stat_in(&home.fd, &format!("{database}{suffix}")).ok().flatten())
+        .map(|stat| stat.st_size.max(0) as u64)
+        .sum()
+}
+
+fn key_refusal(state: KeyState, party: String) -> Refusal {
+    match state {
+        KeyState::Revoked => RefusalCode::KeyRevoked,
+        KeyState::Expired => RefusalCode::KeyExpired,
+        KeyState::PartyDisabled | KeyState::Active => RefusalCode::PartyDisabled { party },
+    }
+    .into()
 }
 
 fn expect_done(answer: Answer) -> Result<(), String> {
@@ -241,10 +287,10 @@ fn expect_done(answer: Answer) -> Result<(), String> {
     }
 }
 
-fn over_quota(party: &str, why: QuotaRefusal, used: u64, max: u64) -> Refusal {
-    let error = match why {
-        QuotaRefusal::Bytes => ConfineError::OverQuota { party: party.to_owned(), used, max },
-        QuotaRefusal::Files => ConfineError::TooManyFiles { party: party.to_owned(), count: used, max },
+fn over_quota(party: &str, over: OverQuota) -> Refusal {
+    let error = match over {
+        OverQuota::Bytes { used, max } => ConfineError::OverQuota { party: party.to_owned(), used, max },
+        OverQuota::Files { used, max } => ConfineError::TooManyFiles { party: party.to_owned(), count: used, max },
     };
     error.into()
 }
@@ -288,7 +334,7 @@ impl Broker {
         }
         match broker::decode::<Answer>(&line) {
             Some(Answer::Failed { error }) => Err(format!("the service failed: {error}")),
-            Some(Answer::Forbidden) => Err("the service refused this account's question".into()),
+            Some(Answer::Forbidden { reason }) => Err(format!("the service refused this account's question: {reason}")),
             Some(answer) => Ok(answer),
             None => Err("the service's answer is not one the gate knows".into()),
         }

@@ -18,13 +18,11 @@ const KILL_GRACE_SECONDS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandoverError {
-    #[error("another push of {what} is still running; try again later (waited {waited}s)")]
-    ReplicaBusy { what: String, waited: u64 },
     #[error(
-        "the central host is still publishing the previous push of {what} for its readers; try again later (waited \
-         {waited}s)"
+        "another push of {what}, or the central host's check and copy of the last one for its readers, is still \
+         running; try again later (waited {waited}s)"
     )]
-    CopyBusy { what: String, waited: u64 },
+    ReplicaBusy { what: String, waited: u64 },
     #[error(
         "party '{party}' already runs {max} syncs at once (max_concurrent_syncs); try again later (waited {waited}s)"
     )]
@@ -59,14 +57,6 @@ impl Locks {
         let replica = locks::first_free(&[replica_path], deadline)
             .map_err(file_error)?
             .ok_or_else(|| HandoverError::ReplicaBusy { what: format!("{run}/{database}"), waited: wait.as_secs() })?;
-        // The service may still be bringing the verified copy up to date from the last push: wait for it, so the
-        // copy never reads a replica being written (`locks::copy`).
-        let copy_path = party_dir.join(locks::copy_lock_name(run, database));
-        let copy = locks::first_free(&[copy_path], deadline).map_err(file_error)?;
-        if copy.is_none() {
-            return Err(HandoverError::CopyBusy { what: format!("{run}/{database}"), waited: wait.as_secs() });
-        }
-        drop(copy);
         let slots: Vec<PathBuf> = (0..max_slots).map(|n| party_dir.join(format!("slot-{n}.lock"))).collect();
         let slot = locks::first_free(&slots, deadline).map_err(file_error)?.ok_or_else(|| {
             HandoverError::PartyBusy { party: party.to_owned(), max: max_slots, waited: wait.as_secs() }
@@ -130,6 +120,8 @@ pub struct Outcome {
     /// The child's peak resident memory in bytes (its cgroup's peak where it had one, which counts its page cache
     /// too; else wait4's ru_maxrss).
     pub peak_rss: Option<u64>,
+    /// The last signal the gate received and passed on to the child (SIGHUP, SIGTERM, SIGINT).
+    pub forwarded: Option<Signal>,
 }
 
 /// Runs the child to its end. The gate is single-threaded: the signals it handles are blocked and taken with
@@ -158,6 +150,7 @@ pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
     let pid = child.id();
     sys::set_alarm(launch.max_seconds.clamp(1, u32::MAX as u64) as u32);
     let mut timed_out = false;
+    let mut forwarded = None;
     let (exit, peak_rss) = loop {
         let signal = signals.wait().map_err(HandoverError::Wait)?;
         match signal {
@@ -177,12 +170,15 @@ pub fn run(launch: Launch<'_>) -> Result<Outcome, HandoverError> {
                 sys::set_alarm(KILL_GRACE_SECONDS);
             }
             Signal::SIGALRM => sys::signal_child(pid, Signal::SIGKILL),
-            forwarded => sys::signal_child(pid, forwarded),
+            signal => {
+                forwarded = Some(signal);
+                sys::signal_child(pid, signal)
+            }
         }
     };
     sys::set_alarm(0);
     let exit = if exit != Exit::TimedOut && memory.exceeded(peak_rss) { Exit::MemoryLimit } else { exit };
     let peak_rss = memory.cgroup_peak().or(peak_rss);
     drop(memory);
-    Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64(), peak_rss })
+    Ok(Outcome { exit, seconds: started.elapsed().as_secs_f64(), peak_rss, forwarded })
 }

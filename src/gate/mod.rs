@@ -17,9 +17,12 @@ pub mod memory;
 pub mod refusal;
 pub mod reply;
 pub mod rsync_version;
+mod settle;
 pub mod transport;
+pub mod unchanged;
 
 use crate::access::RunOwner;
+use crate::broker::GateOutcome;
 use crate::config::Config;
 use crate::fs::confine::{PartyTree, RunFolder};
 use crate::fs::sandbox::Sandbox;
@@ -29,6 +32,7 @@ use crate::policy::Policy;
 use crate::store::LedgerRow;
 use audit::Sink;
 use central::Central;
+use central::Finished;
 use clap::{Parser, Subcommand};
 use command::Request;
 use decide::{decide, Action, Decision};
@@ -71,6 +75,10 @@ enum Tool {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run by the gate itself after a push broke off, sandboxed in the run folder: settles the replica (rolls back what
+    /// was not committed, checkpoints the log), so that it reads as its last complete transaction left it.
+    #[command(hide = true)]
+    SettleReplica { database: PathBuf },
     /// For sshd's AuthorizedKeysCommand (`%u %t %k`): prints the key's line when it is active, nothing otherwise.
     AuthorizedKeys {
         /// The account logging in (%u).
@@ -98,6 +106,10 @@ pub fn main() -> ExitCode {
                 eprintln!("evosync-gate: {error}");
                 ExitCode::from(2)
             }
+        },
+        Some(Tool::SettleReplica { database }) => match settle::main(&database) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
         },
         Some(Tool::AuthorizedKeys { user, key_type, key }) => {
             let line = config
@@ -341,7 +353,8 @@ fn act(
             let folder = survey.tree.run_folder(&decision.run, plan.policy.create_runs, limits.max_runs)?;
             central.claim(&plan.party, &decision.run)?;
             let line = line.field("event", "decision").field("verdict", "allow").field("created", folder.created);
-            recorder.record(&line, &plan.party, subject, "allow", if folder.created { "created" } else { "exists" });
+            let created = if folder.created { "created" } else { "exists" };
+            recorder.record(&line, &plan.party, subject, GateOutcome::Allow, created);
             return Ok(0);
         }
         Action::Push { wal_only, commcheck } => (wal_only, commcheck, true),
@@ -350,6 +363,22 @@ fn act(
     let program = config.sqlite3_rsync.as_path();
     rsync_version::check(program, &config.state_dir)
         .map_err(|e| Refusal::with_detail(RefusalCode::Sqlite3RsyncTooOld, e))?;
+    if pushing {
+        // The origin speaks first. Until it does, the push holds nothing: the stock client retries a failed attempt
+        // without closing it, and that attempt must not keep the replica's lock from the retry; a session that
+        // closes without a byte (stdin at its end) costs nothing at all.
+        match crate::fs::sys::wait_for_channel(limits.max_sync_seconds) {
+            crate::fs::sys::Channel::Data => {}
+            quiet_or_closed => {
+                let line = line
+                    .field("event", "outcome")
+                    .field("verdict", "nothing-sent")
+                    .field("channel", format!("{quiet_or_closed:?}").to_lowercase());
+                recorder.record(&line, &plan.party, subject, GateOutcome::Done("nothing-sent".into()), "");
+                return Ok(0);
+            }
+        }
+    }
     let database = decision.database.as_deref().unwrap_or_default();
     let locks = Locks::acquire(
         &config.locks_dir(),
@@ -383,6 +412,8 @@ fn act(
     if pushing {
         central.claim(&plan.party, &decision.run)?;
     }
+    // Armed before the child opens the replica: after it, the replica's log tells whether the push changed anything.
+    let watch = if pushing { unchanged::watch(&folder, database) } else { None };
     let sandbox = Sandbox::prepare(program, &folder.fd, plan.policy.require_sandbox).map_err(RefusalCode::Sandbox)?;
     let memory = ChildMemory::prepare(limits.max_sync_memory, config.sync_cgroup.as_deref());
     let sandbox_summary = format!("{}; {}", sandbox.summary, memory.summary());
@@ -393,12 +424,25 @@ fn act(
         .field("verdict", "allow")
         .field("sandbox", &sandbox_summary)
         .field("fsize_limit", fsize_limit);
-    recorder.record(&allow, &plan.party, subject, "allow", &sandbox_summary);
+    recorder.record(&allow, &plan.party, subject, GateOutcome::Allow, &sandbox_summary);
     let started_at = crate::time::now();
     let run_folder = folder.fd.as_fd();
     let max_seconds = limits.max_sync_seconds;
     let launch = Launch { program, args, run_folder, fsize_limit, sandbox, memory, max_seconds };
     let outcome = handover::run(launch).map_err(|e| Refusal::with_detail(RefusalCode::SyncNotStarted, e))?;
+    let stopped = stopped_reason(&outcome, limits);
+    if pushing && !outcome.exit.succeeded() {
+        // A child stopped mid-write leaves its log or journal for the next writer to settle; settle it now, so that
+        // the replica reads as its last complete transaction left it to anyone, read-only openers included.
+        if let Err(error) = settle::replica(config, &folder, database, limits.max_sync_memory) {
+            recorder.store_error(format!("settling {subject} after the push broke off: {error}"));
+        }
+    }
+    let changed = match (&watch, outcome.exit.succeeded()) {
+        (Some(watch), true) => watch.changed(),
+        _ => None,
+    };
+    drop(watch);
     let after = folder.database_size(database);
     if pushing {
         // Still under the replica lock, before anyone verifies or reads what was pushed.
@@ -407,20 +451,21 @@ fn act(
         }
     }
     let done = line
+        .clone()
         .field("event", "outcome")
         .field("verdict", "done")
         .field("exit", outcome.exit)
         .field("seconds", format!("{:.3}", outcome.seconds))
         .field_opt("replica_bytes", after)
-        .field_opt("peak_rss", outcome.peak_rss);
-    recorder.record(&done, &plan.party, subject, &format!("done:{}", outcome.exit), "");
-    if outcome.exit == Exit::MemoryLimit {
-        let why = format!(
-            "the sync needed more memory than this host gives it (max_sync_memory: {}) and was stopped; the replica \
-             keeps its previous content",
-            limits.max_sync_memory
-        );
-        reply::refuse(recorder.listening, &why);
+        .field_opt("peak_rss", outcome.peak_rss)
+        .field_opt("changed", changed);
+    recorder.record(&done, &plan.party, subject, GateOutcome::Done(outcome.exit.to_string()), "");
+    if let Some(why) = &stopped {
+        reply::refuse(recorder.listening, why);
+    }
+    if !pushing {
+        drop((grant, locks));
+        return Ok(outcome.exit.status());
     }
     let row = LedgerRow {
         party: plan.party.clone(),
@@ -432,13 +477,68 @@ fn act(
         exit: outcome.exit.to_string(),
         replica_bytes: after,
         transport: recorder.transport,
+        changed,
     };
-    // Still under the replica lock: what the service does with a finished push happens before the next one starts.
-    if let Err(error) = central.finish(&row) {
-        recorder.store_error(error);
-    }
+    // Still under the replica lock: the push is recorded, and its schema checked, before the next one starts.
+    let had_pending = grant.as_ref().is_some_and(|g| g.had_pending);
+    let status = match central.finish(&row, had_pending) {
+        Ok(()) => outcome.exit.status(),
+        Err(Finished::Refused(reason)) => {
+            let refused = line
+                .field("event", "verdict")
+                .field("verdict", "refuse")
+                .field("code", "schema")
+                .field("reason", &reason)
+                .warning();
+            recorder.record(&refused, &plan.party, subject, GateOutcome::Refuse("schema".into()), &reason);
+            let told = format!(
+                "the pushed database was received but is not published: {reason}; readers keep the last verified \
+                 copy until the run is withdrawn"
+            );
+            reply::refuse(recorder.listening, &told);
+            REFUSED
+        }
+        Err(Finished::Unrecorded(error)) => {
+            recorder.store_error(error);
+            outcome.exit.status()
+        }
+    };
     drop((grant, locks));
-    Ok(outcome.exit.status())
+    Ok(status)
+}
+
+/// Why the worker's sync stopped on this host, when a signal or a limit stopped it: one line it reads as
+/// `ERROR: evosync-gate: …`.
+fn stopped_reason(outcome: &handover::Outcome, limits: &crate::policy::Limits) -> Option<String> {
+    let after = "the replica is left as its last complete transaction left it; push again";
+    match outcome.exit {
+        Exit::Code(_) => None,
+        Exit::MemoryLimit => Some(format!(
+            "the sync needed more memory than this host gives it (max_sync_memory: {}) and was stopped; the replica \
+             keeps its previous content",
+            limits.max_sync_memory
+        )),
+        Exit::TimedOut => Some(format!(
+            "the sync took longer than this host allows (max_sync_seconds: {}) and was stopped; {after}",
+            limits.max_sync_seconds
+        )),
+        Exit::Signal(signal) if outcome.forwarded.is_some() => Some(format!(
+            "the central host stopped the sync ({} reached its session: sshd or the host is shutting down or \
+             restarting); {after}",
+            signal_name(signal)
+        )),
+        Exit::Signal(signal) => Some(format!(
+            "the sync process on the central host was killed ({}: stopped by the host's administrator or its \
+             out-of-memory killer); {after}",
+            signal_name(signal)
+        )),
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    crate::fs::sys::Signal::try_from(signal)
+        .map(|s| s.as_str().to_owned())
+        .unwrap_or_else(|_| format!("signal {signal}"))
 }
 
 /// Refuses a run another party owns, before anything is created for it.

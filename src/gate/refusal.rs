@@ -8,10 +8,11 @@ use super::central::Central;
 use super::command::{CommandError, Direction};
 use super::decide::Denial;
 use super::handover::HandoverError;
+use crate::broker::{GateOutcome, GateRecord};
 use crate::fs::confine::ConfineError;
 use crate::fs::sandbox::SandboxError;
 use crate::log::Line;
-use crate::store::{AuditEntry, Transport};
+use crate::store::Transport;
 use std::fmt;
 
 /// Exit status of a refusal (sqlite3_rsync itself exits 1 on errors).
@@ -216,7 +217,7 @@ impl Recorder<'_> {
     }
 
     /// One audit line, and one record in the hash-chained trail; stderr only when neither took it.
-    pub fn record(&self, line: &Line, party: &str, subject: &str, outcome: &str, detail: &str) {
+    pub fn record(&self, line: &Line, party: &str, subject: &str, outcome: GateOutcome, detail: &str) {
         let logged = self.sink.write_host_side(line);
         let stored = !self.central.is_absent() && {
             let tunnelled;
@@ -227,8 +228,14 @@ impl Recorder<'_> {
                     tunnelled.trim_end_matches("; ")
                 }
             };
-            let entry = AuditEntry { actor: &self.actor, action: "gate", party, subject, outcome, detail };
-            match self.central.audit(&entry) {
+            let record = GateRecord {
+                party: party.to_owned(),
+                actor: self.actor.clone(),
+                subject: subject.to_owned(),
+                outcome,
+                detail: detail.to_owned(),
+            };
+            match self.central.audit(record) {
                 Ok(()) => true,
                 Err(error) => {
                     self.store_error(error);
@@ -260,7 +267,7 @@ impl Recorder<'_> {
             Some(detail) => format!("{reason}; {detail}"),
             None => reason.clone(),
         };
-        self.record(&line, party, subject, &format!("refuse:{}", refusal.code.label()), &detail);
+        self.record(&line, party, subject, GateOutcome::Refuse(refusal.code.label().to_owned()), &detail);
         super::reply::refuse(self.listening, &reason);
         REFUSED
     }

@@ -70,6 +70,8 @@ pub enum ApiError {
     },
     NoTree,
     Confine(ConfineError),
+    /// The run's home in the catalog could not be used.
+    Home(crate::catalog::home::HomeError),
     // ---- what was sent ----
     Name(NameError),
     BadRegistration(String),
@@ -117,6 +119,8 @@ pub enum ApiError {
         name: String,
         limit: String,
     },
+    /// An analysis file readers must not be given (`catalog::files`): gzip that inflates past its limit.
+    File(crate::catalog::files::FileProblem),
     OverQuota {
         party: String,
     },
@@ -194,9 +198,10 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            File(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Admin(error) => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            NoTree | Confine(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            NoTree | Confine(_) | Home(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -230,6 +235,8 @@ impl ApiError {
             BodyStalled { .. } => "body-stalled",
             BadDigestHeader(_) | Digest(_) => "digest",
             TooLarge { .. } => "too-large",
+            File(_) => "inflates",
+            Home(_) => "catalog",
             OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } => "quota",
             NoEndpoint => "no-endpoint",
             TunnelNotAllowed { .. } => "tunnel-off",
@@ -314,6 +321,8 @@ impl fmt::Display for ApiError {
             }
             BrokenOff(error) => write!(f, "the upload broke off: {error}"),
             TooLarge { name, limit } => write!(f, "'{name}' is over the {limit} limit per file; nothing was stored"),
+            File(problem) => write!(f, "{problem}; nothing was stored"),
+            Home(error) => error.fmt(f),
             OverQuota { party } => {
                 write!(f, "party '{party}' would go over its quota (max_party_bytes); nothing was stored")
             }
@@ -416,6 +425,12 @@ impl From<StoreError> for ApiError {
 impl From<MultipartError> for ApiError {
     fn from(error: MultipartError) -> Self {
         ApiError::Form(error)
+    }
+}
+
+impl From<crate::catalog::home::HomeError> for ApiError {
+    fn from(error: crate::catalog::home::HomeError) -> Self {
+        ApiError::Home(error)
     }
 }
 

@@ -54,8 +54,10 @@ pub enum ServeError {
          network of its own stands in front"
     )]
     PlainHttp(String),
-    #[error("the catalog_root {path} cannot be opened: {source} (evosync init --catalog-root makes it)")]
-    Catalog { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Catalog(#[from] crate::catalog::home::HomeError),
+    #[error("the catalog's pipeline cannot start: {0}")]
+    Pipeline(#[from] crate::catalog::pipeline::PipelineError),
 }
 
 /// Every route of the service. With `metrics_listen` set, `/metrics` is left out here (404) and served by
@@ -116,14 +118,15 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "ok": true }))
 }
 
+/// How long a shutdown waits for the pushes in flight to report their end (the HTTP requests in flight get as long,
+/// `listen::SHUTDOWN_GRACE`); systemd's stop timeout is longer.
+const SHUTDOWN_GRACE: std::time::Duration = listen::SHUTDOWN_GRACE;
+
 /// Runs the service until SIGTERM or SIGINT.
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
-    catalog::open(&config).map_err(|source| ServeError::Catalog {
-        path: config.catalog_root.clone().unwrap_or_default().display().to_string(),
-        source,
-    })?;
+    crate::catalog::home::Homes::open(&config).map_err(ServeError::Catalog)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls::Reloadable::load(cert, key)?)),
         _ => None,
@@ -145,9 +148,19 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         let timeouts = listen::Timeouts::from(&config.http);
         let max_connections = config.http.max_connections;
         let state = AppState::new(config, config_path);
+        catalog::start(&state)?;
         tokio::spawn(events::follow_ledger(state.clone()));
-        tokio::spawn(broker::serve(state.clone(), gates));
-        tokio::spawn(catalog::follow(state.clone()));
+        // One signal stops both doors: the HTTP listeners drain their requests, the broker lets the pushes in flight
+        // report their end, each within the grace period.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        });
+        let stopped = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopping.wait_for(|stopped| *stopped).await;
+        };
+        let gates = tokio::spawn(broker::serve(state.clone(), gates, stopped(stopping.clone()), SHUTDOWN_GRACE));
         tokio::spawn(tls::reload_on_hangup(tls.clone()));
         let acceptor = tls.as_ref().map(tls::Reloadable::acceptor);
         let api = Listener { name: "api", tcp: api, router: router(state.clone()), max_connections, tls: acceptor };
@@ -165,7 +178,9 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
                 .field("address", format!("{scheme}://{}", listener.tcp.local_addr()?))
                 .to_stderr();
         }
-        listen::serve(listeners, timeouts, shutdown_signal()).await;
+        listen::serve(listeners, timeouts, stopped(stopping)).await;
+        let _ = gates.await;
+        catalog::stop(&state);
         let _ = std::fs::remove_file(&socket);
         Ok(())
     })

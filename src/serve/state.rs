@@ -8,8 +8,9 @@ use super::error::ApiError;
 use super::metrics::Metrics;
 use super::records::Records;
 use super::upload::Uploads;
-use crate::access::Reservations;
-use crate::catalog::publish::Catalog;
+use crate::access::UsageBook;
+use crate::catalog::home::{HomeError, Homes};
+use crate::catalog::pipeline::Pipeline;
 use crate::config::Config;
 use crate::fs::confine::{ConfineError, ReplicaRoot};
 use crate::store::{Store, StoreError};
@@ -65,18 +66,21 @@ pub struct AppState {
     pub events: broadcast::Sender<String>,
     pub records: Records,
     pub uploads: Uploads,
-    /// Every party's quota: measured usage and what uploads and pushes in flight have reserved.
-    pub quota: Reservations,
+    /// Every party's usage and what uploads and pushes in flight have reserved.
+    pub quota: UsageBook,
     /// The SSH tunnels open now (`tunnel`): how many per party, and whose each sshd connection is.
     pub tunnels: super::tunnel::Tunnels,
     /// The dashboard's sessions and live feed.
     pub dashboard: Dashboard,
-    /// The published catalog, when the configuration names one (`catalog_root`).
-    pub catalog: Option<Catalog>,
-    /// One change to the catalog at a time.
-    pub catalog_changes: std::sync::Mutex<()>,
+    /// The catalog's flow from a finished push to publication (`evosync serve` starts it; the router's tests have
+    /// none).
+    pub pipeline: OnceLock<Pipeline>,
     /// The replica root, opened on first use and kept (moving it needs a restart).
     replica_root: OnceLock<Arc<ReplicaRoot>>,
+    /// The catalog's roots (runs' homes), opened on first use and kept.
+    homes: OnceLock<Arc<Homes>>,
+    /// Pushes whose gate reserved room and has not reported their end yet (a shutdown waits for them).
+    pub pushes_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 pub type Shared = Arc<AppState>;
@@ -84,7 +88,6 @@ pub type Shared = Arc<AppState>;
 impl AppState {
     pub fn new(config: Config, config_path: PathBuf) -> Shared {
         let store_path = config.store_path();
-        let catalog = super::catalog::open(&config).ok().flatten();
         Arc::new(AppState {
             pool: StorePool::new(store_path.clone()),
             records: Records::start(store_path),
@@ -94,12 +97,13 @@ impl AppState {
             metrics: Metrics::default(),
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
-            quota: Reservations::default(),
+            quota: UsageBook::default(),
             tunnels: Default::default(),
             dashboard: Dashboard::default(),
-            catalog,
-            catalog_changes: std::sync::Mutex::new(()),
+            pipeline: OnceLock::new(),
             replica_root: OnceLock::new(),
+            homes: OnceLock::new(),
+            pushes_in_flight: Default::default(),
         })
     }
 
@@ -109,6 +113,15 @@ impl AppState {
         }
         let root = Arc::new(ReplicaRoot::open(&self.config.replica_root)?);
         Ok(self.replica_root.get_or_init(|| root).clone())
+    }
+
+    /// The runs' homes (`catalog::home`).
+    pub fn homes(&self) -> Result<Arc<Homes>, HomeError> {
+        if let Some(homes) = self.homes.get() {
+            return Ok(homes.clone());
+        }
+        let homes = Arc::new(Homes::open(&self.config)?);
+        Ok(self.homes.get_or_init(|| homes).clone())
     }
 
     /// Sends an event to `/admin/events` listeners, if any.

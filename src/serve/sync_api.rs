@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
-/// The caller's run folder. Another party's run, or one that does not exist, is "not found" alike; `create` makes
-/// the folder (and claims the run) where the policy allows.
+/// The caller's run folder in its tree (where its replicas are). Another party's run, or one that does not exist,
+/// is "not found" alike; `create` makes the folder (and claims the run) where the policy allows. Its analysis files
+/// are in its home in the catalog (`catalog::home`).
 pub fn open_run(
     state: &AppState,
     store: &Store,
@@ -125,22 +126,21 @@ pub async fn register(
     };
     let [template_name, ecosystem_variant, started_at] = registration.fields()?;
     let answer = blocking(&state, move |state, store| {
-        // The run folder and its analysisResults/ count against max_party_files like any upload's folders.
-        let tree = party_tree(state, &caller.party)?;
-        let room = Usage { bytes: 0, files: 2 };
-        let reserved = state.quota.reserve(&caller.party, &caller.policy.limits, room, || tree.usage());
-        let reserved = reserved
-            .map_err(ApiError::Confine)?
-            .map_err(|over| quota_refusal(&caller.party, &caller.policy.limits, over))?;
+        // The run folder, its home in the catalog and its analysisResults/ count against max_party_files like any
+        // upload's folders.
+        let room = Usage { bytes: 0, files: 3 };
+        let reserved = state.quota.reserve(&caller.party, &caller.policy.limits, room);
+        let reserved = reserved.map_err(|over| quota_refusal(&caller.party, &caller.policy.limits, over))?;
         let created = (|| {
             let (_, folder) = open_run(state, store, &caller, &run, true)?;
-            let (_, results) = open_beneath_counting(&folder.fd, &[DEFAULT_SUBDIR], true)
+            let (home, made) = state.homes()?.find_or_make(&run)?;
+            let (_, results) = open_beneath_counting(&home.fd, &[DEFAULT_SUBDIR], true)
                 .map_err(|e| ApiError::Internal(format!("cannot create analysisResults: {e}")))?
                 .ok_or_else(|| ApiError::Internal("analysisResults vanished".into()))?;
-            Ok::<_, ApiError>((folder, results))
+            Ok::<_, ApiError>((folder, u64::from(made) + results))
         })();
         let added = match &created {
-            Ok((folder, results)) => Usage { bytes: 0, files: u64::from(folder.created) + results },
+            Ok((folder, made)) => Usage { bytes: 0, files: u64::from(folder.created) + made },
             Err(_) => Usage::default(),
         };
         state.quota.settle(&reserved, added, Usage::default());
@@ -181,9 +181,9 @@ pub async fn list(
     let listed = blocking(&state, move |state, store| {
         let subdir = query.subdir.unwrap_or_else(|| DEFAULT_SUBDIR.to_owned());
         let segments = check_subdir(&subdir)?;
-        let (_, folder) = open_run(state, store, &caller, &run, false)?;
-        let Some(dir) = open_beneath(&folder.fd, &segments, false).map_err(|e| ApiError::Internal(e.to_string()))?
-        else {
+        open_run(state, store, &caller, &run, false)?;
+        let Some(home) = state.homes()?.find(&run)? else { return Ok(None) };
+        let Some(dir) = open_beneath(&home.fd, &segments, false).map_err(|e| ApiError::Internal(e.to_string()))? else {
             return Ok(None);
         };
         list_folder(state, store, &caller, &run, &subdir, &dir).map(Some)

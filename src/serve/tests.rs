@@ -35,7 +35,7 @@ impl Rig {
              sqlite3_rsync: /usr/local/bin/sqlite3_rsync\n{config_extra}",
             root.display()
         );
-        for folder in ["replicas", "policies", "state"] {
+        for folder in ["replicas", "policies", "state", "catalog", "catalog-verified"] {
             std::fs::create_dir_all(root.join(folder)).unwrap();
         }
         let config_path = root.join("evosync.yaml");

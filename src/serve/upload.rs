@@ -1,6 +1,8 @@
 //! `POST /api/sync/analysis/RUN`: analysis files, as the workers upload them (multipart, a `subdir` field before one
 //! or more `file` parts) or as a raw body (`?filename=&subdir=`). Each file lands whole or not at all, through
-//! `fs::landing`, before the 200.
+//! `fs::landing`, before the 200: in the run's home in the catalog (`catalog::home`), made in `.incoming` and renamed
+//! in once it passed the catalog's check (`catalog::files`), so readers never see a file being made or one they
+//! must not be given.
 //!
 //! A small file is held in memory until its last byte (within a budget shared by all uploads) and then written,
 //! synced and renamed in one trip to a blocking thread; a larger one streams into its temp file as it arrives.
@@ -16,8 +18,8 @@ use super::multipart::{self, Event};
 use super::state::{blocking, off_thread, Shared};
 use super::sync_api::open_run;
 use crate::access::{OverQuota, Reserved, Usage};
+use crate::catalog::files::InflateCheck;
 use crate::fs::confine::open_beneath_counting;
-use crate::fs::confine::PartyTree;
 use crate::fs::landing::{DirSyncer, PendingFile, StoredFile};
 use crate::log::{Line, SERVE};
 use crate::names::{check_file_name, check_subdir, DEFAULT_SUBDIR};
@@ -67,7 +69,6 @@ impl Default for Uploads {
 /// back with what was stored when the request ends, however it ends.
 struct Hold {
     state: Shared,
-    tree: PartyTree,
     limits: Limits,
     /// Bytes reserved up front from the request's declared length; zero when it declared none.
     declared: u64,
@@ -77,11 +78,10 @@ struct Hold {
 }
 
 impl Hold {
-    /// Reserves `room` more, or refuses with 507. Blocking: it may walk the party's tree.
+    /// Reserves `room` more, or refuses with 507.
     fn take(&mut self, room: Usage) -> Result<(), ApiError> {
-        let more = self.state.quota.reserve(&self.reserved.party, &self.limits, room, || self.tree.usage());
-        let more =
-            more.map_err(ApiError::Confine)?.map_err(|over| quota_refusal(&self.reserved.party, &self.limits, over))?;
+        let more = self.state.quota.reserve(&self.reserved.party, &self.limits, room);
+        let more = more.map_err(|over| quota_refusal(&self.reserved.party, &self.limits, over))?;
         self.reserved.absorb(more);
         Ok(())
     }
@@ -131,7 +131,10 @@ pub struct RawUploadQuery {
 struct UploadTarget {
     caller: Caller,
     run: String,
+    /// The run's home: its files land beneath it.
     run_fd: Arc<OwnedFd>,
+    /// Where they are made first (`catalog::home::INCOMING`).
+    incoming: Arc<OwnedFd>,
     hold: Arc<Mutex<Hold>>,
 }
 
@@ -160,21 +163,24 @@ pub async fn upload(
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let target = blocking(&state, move |state, store| {
-        let (tree, folder) = open_run(state, store, &caller, &run, false)?;
+        open_run(state, store, &caller, &run, false)?;
         let limits = caller.policy.limits.clone();
         let reserved = Reserved::none(&caller.party);
         let mut hold = Hold {
             state: state.clone(),
-            tree,
             limits,
             declared,
             reserved,
             added: Usage::default(),
             removed: Usage::default(),
         };
-        // The whole declared body, before a byte of it is taken.
-        hold.take(Usage { bytes: declared, files: 0 })?;
-        Ok(UploadTarget { caller, run, run_fd: Arc::new(folder.fd), hold: Arc::new(Mutex::new(hold)) })
+        // The whole declared body (and the run's home, should it have none yet), before a byte of it is taken.
+        hold.take(Usage { bytes: declared, files: 1 })?;
+        let homes = state.homes()?;
+        let (home, made) = homes.find_or_make(&run)?;
+        hold.added.files += u64::from(made);
+        let incoming = homes.incoming().clone();
+        Ok(UploadTarget { caller, run, run_fd: Arc::new(home.fd), incoming, hold: Arc::new(Mutex::new(hold)) })
     })
     .await?;
 
@@ -340,9 +346,11 @@ async fn receive_file(
     let mut streaming: Option<PendingFile> = None;
     let mut folders_created = 0;
     let mut received = 0u64;
+    let mut check = InflateCheck::for_file(name, target.caller.policy.uploads.max_inflated_bytes.0);
     while let Some(chunk) = body.next_chunk().await? {
         received += chunk.len() as u64;
         check_limits(target, name, received)?;
+        check.feed(&chunk).map_err(ApiError::File)?;
         let chunk = match &mut streaming {
             None => match held.keep(chunk) {
                 Ok(()) => continue,
@@ -361,6 +369,7 @@ async fn receive_file(
         };
         pending.write_chunks(&[chunk]).map_err(write_failed)?;
     }
+    check.finish().map_err(ApiError::File)?;
     let received = match streaming {
         Some(pending) => Received::Streamed(pending, folders_created),
         None => Received::Held { run_fd: target.run_fd.clone(), segments, chunks: std::mem::take(&mut held.chunks) },
@@ -398,13 +407,15 @@ async fn open_pending(
     segments: Vec<String>,
     name: &str,
 ) -> Result<(PendingFile, u64), ApiError> {
-    let (run_fd, hold, name) = (target.run_fd.clone(), target.hold.clone(), name.to_owned());
+    let (run_fd, incoming, hold, name) =
+        (target.run_fd.clone(), target.incoming.clone(), target.hold.clone(), name.to_owned());
     let max_file_bytes = target.caller.policy.uploads.max_file_bytes.0;
-    off_thread(move || begin_in(&run_fd, &hold, &segments, &name, max_file_bytes)).await
+    off_thread(move || begin_in(&run_fd, &incoming, &hold, &segments, &name, max_file_bytes)).await
 }
 
 fn begin_in(
     run_fd: &OwnedFd,
+    incoming: &Arc<OwnedFd>,
     hold: &Mutex<Hold>,
     segments: &[String],
     name: &str,
@@ -417,7 +428,7 @@ fn begin_in(
     let (dir, created) = open_beneath_counting(run_fd, &segments, true)
         .map_err(|e| ApiError::FolderConflict(format!("cannot use folder {}: {e}", segments.join("/"))))?
         .ok_or_else(|| ApiError::Internal("folder vanished".into()))?;
-    let pending = PendingFile::begin(Arc::new(dir), name)
+    let pending = PendingFile::begin_staged(Arc::new(dir), incoming.clone(), name)
         .map_err(|e| ApiError::Internal(format!("cannot store the file: {e}")))?;
     Ok((pending, created))
 }
@@ -441,14 +452,14 @@ async fn put_in_place(
 ) -> Result<StoredFile, ApiError> {
     let (shared, party, run, subdir_owned, name_owned) =
         (state.clone(), target.caller.party.clone(), target.run.clone(), subdir.to_owned(), name.to_owned());
-    let hold = target.hold.clone();
+    let (hold, incoming) = (target.hold.clone(), target.incoming.clone());
     let _slot = state.uploads.disk_slots.acquire().await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let stored = off_thread(move || {
         let (pending, folders_created) = match received {
             Received::Streamed(pending, created) => (pending, created),
             Received::Held { run_fd, segments, chunks } => {
                 let bytes = chunks.iter().map(|c| c.len() as u64).sum();
-                let (mut pending, created) = begin_in(&run_fd, &hold, &segments, &name_owned, bytes)?;
+                let (mut pending, created) = begin_in(&run_fd, &incoming, &hold, &segments, &name_owned, bytes)?;
                 pending.write_chunks(&chunks).map_err(write_failed)?;
                 (pending, created)
             }
@@ -528,7 +539,8 @@ pub fn announced_sha256(repr_digest: Option<&str>, x_content_sha256: Option<&str
         for member in value.split(',') {
             let member = member.trim();
             if let Some(encoded) = member.strip_prefix("sha-256=:").and_then(|m| m.strip_suffix(':')) {
-                let bytes = base64_decode(encoded).ok_or("Repr-Digest: sha-256 is not valid base64")?;
+                let bytes = <base64ct::Base64 as base64ct::Encoding>::decode_vec(encoded)
+                    .map_err(|_| "Repr-Digest: sha-256 is not valid base64")?;
                 return bytes.try_into().map(Some).map_err(|_| "Repr-Digest: sha-256 is not 32 bytes".to_owned());
             }
         }
@@ -541,34 +553,6 @@ pub fn announced_sha256(repr_digest: Option<&str>, x_content_sha256: Option<&str
         return crate::time::from_hex::<32>(value).map(Some).ok_or_else(|| "X-Content-SHA256 is not hex".into());
     }
     Ok(None)
-}
-
-/// Standard base64 with padding, as RFC 9530 byte sequences use.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = text.trim_end_matches('=').as_bytes();
-    if !text.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let take = chunk.len() - 1;
-        out.extend_from_slice(&acc.to_be_bytes()[1..1 + take]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -50,16 +50,16 @@ pub struct PushRecord {
 }
 
 /// `ledger_row`'s columns first, then this file's.
-const PUSH_COLUMNS: &str = "party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, id, \
-                            verified, verify_seconds, verify_reason";
+const PUSH_COLUMNS: &str = "party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, \
+                            changed, id, verified, verify_seconds, verify_reason";
 
 fn push_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<PushRecord> {
     Ok(PushRecord {
         row: ledger_row(row)?,
-        id: row.get(9)?,
-        verified: row.get(10)?,
-        verify_seconds: row.get(11)?,
-        verify_reason: row.get(12)?,
+        id: row.get(10)?,
+        verified: row.get(11)?,
+        verify_seconds: row.get(12)?,
+        verify_reason: row.get(13)?,
     })
 }
 
@@ -243,6 +243,7 @@ mod tests {
                 exit: exit.into(),
                 replica_bytes: Some(bytes),
                 transport: crate::store::Transport::Ssh,
+                changed: None,
             })
             .unwrap();
     }

@@ -18,6 +18,10 @@ pub struct LedgerRow {
     pub replica_bytes: Option<u64>,
     #[serde(default)]
     pub transport: Transport,
+    /// Whether the push changed the replica, as the gate read it from the replica's WAL (`gate::unchanged`);
+    /// `None` when it could not tell.
+    #[serde(default)]
+    pub changed: Option<bool>,
 }
 
 /// How an SSH session reached sshd: straight, or through `evosync serve`'s tunnel (`GET /api/sync/ssh`).
@@ -56,8 +60,9 @@ impl Store {
     /// Records a push; returns its row's id.
     pub fn record_sync(&self, row: &LedgerRow) -> Result<i64> {
         self.conn.execute(
-            "INSERT INTO sync_ledger (party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO sync_ledger (party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport,
+               changed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 row.party,
                 row.key_id,
@@ -67,7 +72,8 @@ impl Store {
                 row.seconds,
                 row.exit,
                 row.replica_bytes.map(|b| b as i64),
-                row.transport.name()
+                row.transport.name(),
+                row.changed
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
@@ -75,8 +81,8 @@ impl Store {
 
     /// The newest push of each database of a run.
     pub fn last_syncs(&self, party: &str, run: &str) -> Result<Vec<LedgerRow>> {
-        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport \
-                   FROM sync_ledger \
+        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, \
+                   changed FROM sync_ledger \
                    WHERE id IN (SELECT max(id) FROM sync_ledger WHERE party = ?1 AND run = ?2 GROUP BY database) \
                    ORDER BY database";
         let mut statement = self.conn.prepare(sql)?;
@@ -85,11 +91,11 @@ impl Store {
     }
 
     pub fn ledger_after(&self, after_id: i64, limit: u32) -> Result<Vec<(i64, LedgerRow)>> {
-        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, id \
-                   FROM sync_ledger WHERE id > ?1 ORDER BY id LIMIT ?2";
+        let sql = "SELECT party, key_id, run, database, started_at, seconds, exit, replica_bytes, transport, changed, \
+                   id FROM sync_ledger WHERE id > ?1 ORDER BY id LIMIT ?2";
         let mut statement = self.conn.prepare(sql)?;
         let rows = statement
-            .query_map(params![after_id, limit], |r| Ok((r.get(9)?, ledger_row(r)?)))?
+            .query_map(params![after_id, limit], |r| Ok((r.get(10)?, ledger_row(r)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -120,5 +126,6 @@ pub(super) fn ledger_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow>
         exit: row.get(6)?,
         replica_bytes: row.get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
         transport: Transport::from_name(&row.get::<_, String>(8)?),
+        changed: row.get(9)?,
     })
 }

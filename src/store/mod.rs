@@ -6,6 +6,7 @@
 
 mod audit_chain;
 mod dashboard;
+mod jobs;
 mod keys;
 mod ledger;
 mod parties;
@@ -14,6 +15,7 @@ mod verifications;
 
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
 pub use dashboard::{HourlyPushes, HourlyUploads, PushRecord};
+pub use jobs::{Job, JobState};
 pub use keys::{AdminToken, ApiKey, SshKey};
 pub use ledger::{LedgerRow, Transport};
 pub use parties::Party;
@@ -263,9 +265,13 @@ impl Store {
         Ok(self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    /// Runs `f` in one transaction (bulk inserts for benchmarks and imports).
+    /// Runs `f` in one write transaction (IMMEDIATE: it takes the write lock first, so two writers never deadlock
+    /// upgrading); inside one already, as part of it.
     pub fn in_transaction<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
-        let tx = self.conn.unchecked_transaction()?;
+        if !self.conn.is_autocommit() {
+            return f(self);
+        }
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
         let value = f(self)?;
         tx.commit()?;
         Ok(value)

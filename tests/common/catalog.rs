@@ -83,12 +83,12 @@ impl Central {
         self.sshd.sqlite3_rsync(key, origin, "evosync", &format!("/data/evorun-sync/{run}/{database}"), &[])
     }
 
-    /// Waits until the service no longer holds the copy lock of `run/database` (it takes it before it answers the
-    /// gate, and lets it go once the copy is current and the run published).
+    /// Waits until the catalog has done what a push of `run/database` left it (`catalog::pipeline`): no job of it
+    /// waits in the store, and nobody holds the replica's lock (the pipeline holds it while it copies, checks and
+    /// publishes).
     pub fn wait_for_copy(&self, party: &str, run: &str, database: &str) {
-        let config = evosync::config::Config::load(&self.config).unwrap();
-        let held = evosync::fs::locks::copy(&config.locks_dir(), party, run, database, Duration::from_secs(120));
-        assert!(held.unwrap().is_some(), "the service's copy of {run}/{database} did not end within 120 s");
+        let done = wait_for_catalog(&self.config, party, run, database, Duration::from_secs(120));
+        assert!(done, "the catalog's work on {run}/{database} did not end within 120 s\n{}", self.diagnostics());
     }
 
     pub fn push_ok(&self, party: &str, origin: &Path, run: &str, database: &str) {
@@ -146,6 +146,34 @@ impl Central {
             b"",
         );
         serde_json::from_slice(&body).unwrap()
+    }
+}
+
+/// Waits until the catalog of the central at `config` has no job for `run/database` and nobody holds its replica's
+/// lock; `false` when that did not happen `within`.
+pub fn wait_for_catalog(config: &Path, party: &str, run: &str, database: &str, within: Duration) -> bool {
+    let config = evosync::config::Config::load(config).unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let store = rusqlite::Connection::open(config.store_path()).unwrap();
+        store.busy_timeout(Duration::from_secs(10)).unwrap();
+        let pending: i64 = store
+            .query_row(
+                "SELECT count(*) FROM catalog_jobs WHERE party = ?1 AND run = ?2 AND database = ?3",
+                [party, run, database],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if pending == 0 {
+            let free = evosync::fs::locks::try_replica(&config.locks_dir(), party, run, database).unwrap();
+            if free.is_some() {
+                return true;
+            }
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -109,3 +109,14 @@ pub fn require_account(user: &str) {
     let known = Command::new("getent").args(["passwd", user]).output().map(|o| o.status.success()).unwrap_or(false);
     assert!(known, "the test account '{user}' does not exist: {SETUP_HINT}");
 }
+
+/// The home of `run` in the catalog of the central at `root` (`catalog_root` and `verified_root` as `evosync init`
+/// makes them there): where its copies and analysis files are, published or held back.
+pub fn home_of(root: &Path, run: &str) -> PathBuf {
+    let published = root.join("catalog").join(run);
+    if published.is_dir() {
+        published
+    } else {
+        root.join("catalog-verified").join(run)
+    }
+}

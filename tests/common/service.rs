@@ -59,6 +59,15 @@ impl Service {
     }
 
     /// What the service has logged so far.
+    /// Waits until the service's log holds `needle`; panics with the log after `within`.
+    pub fn wait_for_log(&self, needle: &str, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while !self.log().contains(needle) {
+            assert!(std::time::Instant::now() < deadline, "no {needle:?} in the service's log:\n{}", self.log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

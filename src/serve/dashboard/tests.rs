@@ -71,7 +71,7 @@ impl Rig {
              sqlite3_rsync: /usr/local/bin/sqlite3_rsync\n{extra}",
             root.display()
         );
-        for folder in ["replicas", "policies", "state"] {
+        for folder in ["replicas", "policies", "state", "catalog", "catalog-verified"] {
             std::fs::create_dir_all(root.join(folder)).unwrap();
         }
         let config_path = root.join("evosync.yaml");
@@ -102,6 +102,7 @@ impl Rig {
                 exit: "0".into(),
                 replica_bytes: Some(4096),
                 transport: Transport::Ssh,
+                changed: None,
             })
             .unwrap();
         drop(admin);

@@ -7,7 +7,6 @@ use super::feed::{self, FeedItem};
 use super::pages::{ago, bytes, page, query, seconds, when, Frame, PageError};
 use super::session::SignedIn;
 use crate::access::{KeyState, Usage};
-use crate::fs::confine::PartyTree;
 use crate::names::{is_party_name, is_plain_segment, MAX_SEGMENT_BYTES};
 use crate::serve::error::ApiError;
 use crate::serve::state::{blocking, Shared};
@@ -164,9 +163,9 @@ pub async fn overview(session: SignedIn, State(state): State<Shared>) -> Page {
     page(StatusCode::OK, &page_data)
 }
 
-/// The runs the catalog publishes now (`catalog_root/RUN`), or `None` when the host keeps no catalog.
+/// The runs the catalog publishes now (`catalog_root/RUN`), or `None` when the catalog cannot be read.
 fn published_runs(state: &Shared) -> Option<BTreeSet<String>> {
-    let root = state.config.catalog_root.as_ref()?;
+    let root = state.config.catalog_root();
     let entries = std::fs::read_dir(root).ok()?;
     Some(
         entries
@@ -283,13 +282,12 @@ pub async fn parties(session: SignedIn, State(state): State<Shared>) -> Page {
     page(StatusCode::OK, &PartiesPage { frame, parties: cards })
 }
 
-/// A party's quota bars: bytes and files (stored plus reserved by writers in flight, from the service's quota book,
-/// which walks the tree at most every 30 s) and runs.
+/// A party's quota bars: bytes and files (stored plus reserved by writers in flight, from the service's quota book)
+/// and runs.
 fn quotas(state: &Shared, party: &str, runs: u64) -> Result<Vec<Quota>, ApiError> {
     let policy = state.auth.policy(state, party)?;
     let limits = &policy.limits;
-    let tree = state.replica_root().and_then(|root| PartyTree::open_in(&root, party)).map_err(ApiError::Confine)?;
-    let taken: Usage = state.quota.headroom(party, limits, || tree.usage()).map_err(ApiError::Confine)?.taken();
+    let taken: Usage = state.quota.headroom(party, limits).taken();
     Ok(vec![
         Quota::new("bytes", taken.bytes, limits.max_party_bytes.map(|b| b.0), bytes),
         Quota::new("files", taken.files, Some(limits.max_party_files), |n| n.to_string()),
@@ -746,6 +744,7 @@ mod tests {
                 exit: "0".into(),
                 replica_bytes: Some(1),
                 transport: crate::store::Transport::Ssh,
+                changed: None,
             },
             verified: None,
             verify_seconds: None,
