@@ -74,7 +74,8 @@ if ! getent passwd evosync-reader >/dev/null; then
 fi
 usermod --gid evosync-readers --groups '' evosync-reader
 
-# The reader test's Node packages (better-sqlite3 from npm, as kromosynth-evoruns uses it).
+# The reader test's Node packages (better-sqlite3 from npm, as kromosynth-evoruns uses it). Node also runs the
+# workers' upload client of tests/worker_http.rs (tests/worker/upload.js: Node's own http and https, no packages).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm g++ >/dev/null
 fi

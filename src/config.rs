@@ -111,6 +111,14 @@ pub struct HttpLimits {
     pub body_stall_seconds: u64,
     /// How long an SSH tunnel may carry no byte either way before the service closes it.
     pub tunnel_idle_seconds: u64,
+    /// A connection closed after an answer that left its request's body unread (401, 413, 507…) first reads and
+    /// discards what the client still sends, so that a client that writes its whole body before reading gets the
+    /// answer rather than a reset: for at most this long in all…
+    pub linger_seconds: u64,
+    /// …and no longer than this without a byte…
+    pub linger_idle_seconds: u64,
+    /// …and no more than this many bytes.
+    pub linger_bytes: ByteSize,
 }
 
 impl Default for HttpLimits {
@@ -121,6 +129,9 @@ impl Default for HttpLimits {
             idle_timeout_seconds: 60,
             body_stall_seconds: 30,
             tunnel_idle_seconds: 300,
+            linger_seconds: 5,
+            linger_idle_seconds: 2,
+            linger_bytes: ByteSize(8 << 20),
         }
     }
 }
@@ -289,6 +300,8 @@ impl Config {
             ("http.idle_timeout_seconds", http.idle_timeout_seconds),
             ("http.body_stall_seconds", http.body_stall_seconds),
             ("http.tunnel_idle_seconds", http.tunnel_idle_seconds),
+            ("http.linger_seconds", http.linger_seconds),
+            ("http.linger_idle_seconds", http.linger_idle_seconds),
         ] {
             if seconds == 0 {
                 return Err(format!("{key}: must be at least 1"));
@@ -366,6 +379,12 @@ mod tests {
         assert!(Config::parse(&format!("{MINIMAL}http:\n  max_conections: 5\n"))
             .unwrap_err()
             .contains("unknown field"));
+        let lingering =
+            Config::parse(&format!("{MINIMAL}http:\n  linger_bytes: 16MiB\n  linger_seconds: 10\n")).unwrap();
+        assert_eq!((lingering.http.linger_bytes, lingering.http.linger_seconds), (ByteSize(16 << 20), 10));
+        assert!(Config::parse(&format!("{MINIMAL}http:\n  linger_idle_seconds: 0\n"))
+            .unwrap_err()
+            .contains("http.linger_idle_seconds"));
         assert_eq!(config.policy_path("acme"), Path::new("/etc/evosync/policies/acme.yaml"));
     }
 

@@ -7,7 +7,8 @@
 //! per (key, secret) in a window, failures limited per key id and per client address before any hash.
 //!
 //! Both extractors take only the request's head: a handler's body extractor runs after them, so a caller without a
-//! valid key never has a byte of its body read (hyper then closes the connection instead of draining the body).
+//! valid key never has its body read by a handler (the connection then closes after the answer, with the bounded
+//! lingering drain of `listen`, so that a client that writes its whole body first still reads the refusal).
 
 use super::error::ApiError;
 use super::state::Shared;

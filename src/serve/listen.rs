@@ -9,6 +9,9 @@
 //! - every request body is wrapped in `body::StallGuard` (`http.body_stall_seconds`), and a connection whose writes
 //!   have been blocked that long (a client that does not read its answer) is closed;
 //! - the client's address reaches the handlers as axum's `ConnectInfo<SocketAddr>`;
+//! - a request body dropped before its end marks its connection: the answer says `Connection: close`, and the
+//!   connection lingers when hyper shuts it down (`linger`: what the client still sends is read and discarded, within
+//!   `http.linger_*`), so that a client that writes its whole body before it reads gets the answer, not a reset;
 //! - on shutdown, no more accepts, idle connections close, requests in flight get `SHUTDOWN_GRACE` to finish.
 //!
 //! `serve_connection` takes any byte stream: a listener with TLS hands each connection to `tls::serve_connection`,
@@ -17,11 +20,13 @@
 //! `Upgradable` extension, with the shutdown signal.
 
 use super::body;
+use super::linger::{Drain, Linger, Lingered};
+use super::metrics::Metrics;
 use crate::config::HttpLimits;
 use crate::log::{Line, SERVE};
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response};
+use axum::http::{header, HeaderValue, Request, Response};
 use axum::Router;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -34,7 +39,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
@@ -63,12 +68,13 @@ pub struct Listener {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-/// How long a connection may take over each step.
+/// How long a connection may take over each step, and what its lingering close may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
     pub body_stall: Duration,
+    pub linger: Linger,
 }
 
 impl From<&HttpLimits> for Timeouts {
@@ -77,18 +83,37 @@ impl From<&HttpLimits> for Timeouts {
             header: Duration::from_secs(limits.header_timeout_seconds),
             idle: Duration::from_secs(limits.idle_timeout_seconds),
             body_stall: Duration::from_secs(limits.body_stall_seconds),
+            linger: Linger {
+                time: Duration::from_secs(limits.linger_seconds),
+                idle: Duration::from_secs(limits.linger_idle_seconds),
+                bytes: limits.linger_bytes.0,
+            },
         }
     }
 }
 
-/// Serves every listener until `shutdown` completes, then shuts down gracefully.
-pub async fn serve(listeners: Vec<Listener>, timeouts: Timeouts, shutdown: impl Future<Output = ()>) {
+/// What every connection of the service shares: its routes, its bounds, and the counters of its lingering closes.
+#[derive(Clone)]
+pub struct ConnSetup {
+    pub router: Router,
+    pub timeouts: Timeouts,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves every listener until `shutdown` completes, then shuts down gracefully; lingering closes count in `metrics`.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    timeouts: Timeouts,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop, stopped) = watch::channel(false);
     let mut running = Vec::new();
     for listener in listeners {
         let slots = Arc::new(Semaphore::new(listener.max_connections));
         let all = listener.max_connections as u32;
-        running.push((tokio::spawn(accept_loop(listener, slots.clone(), timeouts, stopped.clone())), slots, all));
+        let setup = ConnSetup { router: listener.router.clone(), timeouts, metrics: metrics.clone() };
+        running.push((tokio::spawn(accept_loop(listener, setup, slots.clone(), stopped.clone())), slots, all));
     }
     shutdown.await;
     let _ = stop.send(true);
@@ -104,7 +129,7 @@ pub async fn serve(listeners: Vec<Listener>, timeouts: Timeouts, shutdown: impl 
     }
 }
 
-async fn accept_loop(listener: Listener, slots: Arc<Semaphore>, timeouts: Timeouts, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(listener: Listener, setup: ConnSetup, slots: Arc<Semaphore>, mut stop: watch::Receiver<bool>) {
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => match slot {
@@ -119,14 +144,14 @@ async fn accept_loop(listener: Listener, slots: Arc<Semaphore>, timeouts: Timeou
         };
         match accepted {
             Ok((stream, peer)) => {
-                let router = listener.router.clone();
+                let setup = setup.clone();
                 match &listener.tls {
                     Some(tls) => {
                         let (tls, stop) = (tls.clone(), stop.clone());
-                        tokio::spawn(super::tls::serve_connection(tls, stream, peer, router, timeouts, stop, slot));
+                        tokio::spawn(super::tls::serve_connection(tls, stream, peer, setup, stop, slot));
                     }
                     None => {
-                        tokio::spawn(serve_connection(stream, Some(peer), router, timeouts, stop.clone(), slot));
+                        tokio::spawn(serve_connection(stream, Some(peer), setup, stop.clone(), slot));
                     }
                 }
             }
@@ -143,19 +168,19 @@ async fn accept_loop(listener: Listener, slots: Arc<Semaphore>, timeouts: Timeou
     }
 }
 
-/// Serves one connection until it ends, times out, or shutdown closes it; `_slot` is its place under the cap.
+/// Serves one connection until it ends, times out, or shutdown closes it; `slot` is its place under the cap.
 pub async fn serve_connection<IO>(
     io: IO,
     peer: Option<SocketAddr>,
-    router: Router,
-    timeouts: Timeouts,
+    setup: ConnSetup,
     mut stop: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnSetup { router, timeouts, metrics } = setup;
     let clock = Arc::new(ConnClock::new());
-    let io = TokioIo::new(Watched { inner: io, clock: clock.clone() });
+    let io = TokioIo::new(Watched::new(io, clock.clone(), timeouts.linger));
     let upgradable = Upgradable { _slot: Arc::new(slot), stop: stop.clone() };
     let service = ConnService { router, peer, clock: clock.clone(), body_stall: timeouts.body_stall, upgradable };
     let mut builder = http1::Builder::new();
@@ -169,6 +194,9 @@ pub async fn serve_connection<IO>(
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     refused_head(&error, peer);
+                }
+                if let Some(lingered) = clock.take_lingered() {
+                    lingered.record(&metrics, timeouts.linger, peer);
                 }
                 return;
             }
@@ -230,6 +258,8 @@ enum Phase {
     AwaitingHead { since: Instant, first: bool, head_began: Option<Instant> },
     /// Requests in flight: their bodies have the stall guard, and handlers take the time they need.
     Busy { requests: usize },
+    /// The last answer is out and the connection closes, lingering: its drain keeps bounds of its own.
+    Lingering,
 }
 
 struct ConnClock {
@@ -239,6 +269,10 @@ struct ConnClock {
     born: Instant,
     /// Since when the socket has refused our writes, in milliseconds after `born`, plus one; 0 while it takes them.
     write_blocked_since: AtomicU64,
+    /// A request's body was dropped before its end since the last request began: its rest may still be on its way.
+    body_unread: AtomicBool,
+    /// How the lingering close went, once it is over.
+    lingered: Mutex<Option<Lingered>>,
 }
 
 impl ConnClock {
@@ -250,7 +284,39 @@ impl ConnClock {
             awaiting_first_byte: AtomicBool::new(true),
             born,
             write_blocked_since: AtomicU64::new(0),
+            body_unread: AtomicBool::new(false),
+            lingered: Mutex::new(None),
         }
+    }
+
+    /// A request's body was dropped before its end: the client may still be sending it.
+    fn body_left_unread(&self) {
+        self.body_unread.store(true, Ordering::Release);
+    }
+
+    fn body_is_unread(&self) -> bool {
+        self.body_unread.load(Ordering::Acquire)
+    }
+
+    /// The connection closes: whether it lingers (a body was left unread), in which case its own clock stops.
+    fn closing_lingers(&self) -> bool {
+        let linger = self.body_is_unread();
+        if linger {
+            if let Ok(mut phase) = self.phase.lock() {
+                *phase = Phase::Lingering;
+            }
+        }
+        linger
+    }
+
+    fn linger_ended(&self, lingered: Lingered) {
+        if let Ok(mut slot) = self.lingered.lock() {
+            *slot = Some(lingered);
+        }
+    }
+
+    fn take_lingered(&self) -> Option<Lingered> {
+        self.lingered.lock().ok()?.take()
     }
 
     /// A write found the socket full (the client is not reading); the clock starts unless it runs already.
@@ -277,10 +343,12 @@ impl ConnClock {
 
     fn begin_request(self: &Arc<Self>) -> InFlight {
         self.awaiting_first_byte.store(false, Ordering::Release);
+        // hyper reads a new request only once the last one's body is over: read, or drained by hyper itself.
+        self.body_unread.store(false, Ordering::Release);
         if let Ok(mut phase) = self.phase.lock() {
             *phase = match *phase {
                 Phase::Busy { requests } => Phase::Busy { requests: requests + 1 },
-                Phase::AwaitingHead { .. } => Phase::Busy { requests: 1 },
+                Phase::AwaitingHead { .. } | Phase::Lingering => Phase::Busy { requests: 1 },
             };
         }
         InFlight(self.clone())
@@ -290,6 +358,7 @@ impl ConnClock {
         if let Ok(mut phase) = self.phase.lock() {
             *phase = match *phase {
                 Phase::Busy { requests } if requests > 1 => Phase::Busy { requests: requests - 1 },
+                Phase::Lingering => Phase::Lingering,
                 _ => {
                     self.awaiting_first_byte.store(true, Ordering::Release);
                     Phase::AwaitingHead { since: Instant::now(), first: false, head_began: None }
@@ -302,7 +371,7 @@ impl ConnClock {
     /// goes out.
     fn deadline(&self, timeouts: Timeouts) -> Option<(Instant, Expiry)> {
         let phase = match *self.phase.lock().ok()? {
-            Phase::Busy { .. } => None,
+            Phase::Busy { .. } | Phase::Lingering => None,
             Phase::AwaitingHead { since, first: true, .. } => Some((since + timeouts.header, Expiry::Header)),
             Phase::AwaitingHead { head_began: Some(began), .. } => Some((began + timeouts.header, Expiry::Header)),
             Phase::AwaitingHead { since, .. } => Some((since + timeouts.idle, Expiry::Idle)),
@@ -323,7 +392,8 @@ impl ConnClock {
             match self.deadline(timeouts) {
                 Some((at, why)) if at <= Instant::now() => return why,
                 Some((at, _)) => tokio::time::sleep_until(at).await,
-                // Look again later: the request may end and the connection idle, or its writes block.
+                // Look again later: the request may end and the connection idle, or its writes block (a lingering
+                // close ends by its own bounds).
                 None => tokio::time::sleep(timeouts.header.min(timeouts.idle).min(timeouts.body_stall)).await,
             }
         }
@@ -339,10 +409,27 @@ impl Drop for InFlight {
     }
 }
 
-/// The byte stream of a connection, telling its clock when bytes arrive.
+/// The byte stream of a connection, telling its clock when bytes arrive, and lingering when hyper shuts it down
+/// after an answer that left a body unread.
 struct Watched<IO> {
     inner: IO,
     clock: Arc<ConnClock>,
+    linger: Linger,
+    closing: Closing,
+}
+
+/// Where a connection's shutdown stands.
+enum Closing {
+    Open,
+    /// Our half is shut (the answer is out, then FIN); what the client still sends is read and discarded.
+    Draining(Drain),
+    Closed,
+}
+
+impl<IO> Watched<IO> {
+    fn new(inner: IO, clock: Arc<ConnClock>, linger: Linger) -> Watched<IO> {
+        Watched { inner, clock, linger, closing: Closing::Open }
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -367,7 +454,7 @@ impl<IO> Watched<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         self.wrote(polled)
@@ -390,8 +477,28 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// hyper shuts the connection down once its last answer is out. Our half is shut first (the client reads the
+    /// answer, then the end of the stream); then, if a body was left unread, the drain runs to its end.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        loop {
+            match &mut this.closing {
+                Closing::Open => {
+                    ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+                    this.closing = if this.clock.closing_lingers() {
+                        Closing::Draining(Drain::new(this.linger))
+                    } else {
+                        Closing::Closed
+                    };
+                }
+                Closing::Draining(drain) => {
+                    let lingered = ready!(drain.poll_drain(&mut this.inner, cx));
+                    this.clock.linger_ended(lingered);
+                    this.closing = Closing::Closed;
+                }
+                Closing::Closed => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
@@ -422,16 +529,61 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, request: Request<Incoming>) -> Answer {
         let in_flight = self.clock.begin_request();
-        let mut request = request.map(|incoming| body::guarded(incoming, self.body_stall));
+        let clock = self.clock.clone();
+        let mut request = request
+            .map(|incoming| body::guarded(NoticedBody { inner: incoming, clock, ended: false }, self.body_stall));
         if let Some(peer) = self.peer {
             request.extensions_mut().insert(ConnectInfo(peer));
         }
         request.extensions_mut().insert(self.upgradable.clone());
         let answer = self.router.clone().oneshot(request);
+        let clock = self.clock.clone();
         Box::pin(async move {
-            let response = answer.await?;
+            let mut response = answer.await?;
+            // The connection will close after this answer (and linger): say so, so that a client keeping connections
+            // alive sends its next request on a new one rather than into the drain.
+            if clock.body_is_unread() {
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             Ok(response.map(|body| Tracked { body, _in_flight: in_flight }))
         })
+    }
+}
+
+/// A request body that tells its connection when it is dropped before its end: the client may still be sending the
+/// rest, and the connection then lingers when it closes.
+struct NoticedBody {
+    inner: Incoming,
+    clock: Arc<ConnClock>,
+    ended: bool,
+}
+
+impl HttpBody for NoticedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for NoticedBody {
+    fn drop(&mut self) {
+        if !self.ended && !self.inner.is_end_stream() {
+            self.clock.body_left_unread();
+        }
     }
 }
 
@@ -466,6 +618,7 @@ mod tests {
         header: Duration::from_secs(10),
         idle: Duration::from_secs(60),
         body_stall: Duration::from_secs(30),
+        linger: Linger { time: Duration::from_secs(5), idle: Duration::from_secs(2), bytes: 1 << 20 },
     };
 
     #[tokio::test(start_paused = true)]
@@ -498,5 +651,23 @@ mod tests {
         drop(request);
         tokio::time::advance(TIMEOUTS.idle).await;
         assert_eq!(clock.expired(TIMEOUTS).await, Expiry::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_lingers_only_after_a_body_left_unread_and_its_own_clock_stops() {
+        let clock = Arc::new(ConnClock::new());
+        let request = clock.begin_request();
+        drop(request);
+        assert!(!clock.closing_lingers(), "nothing was left unread");
+        let request = clock.begin_request();
+        clock.body_left_unread();
+        drop(request);
+        let next = clock.begin_request();
+        assert!(!clock.body_is_unread(), "a new request means the last body is over");
+        clock.body_left_unread();
+        drop(next);
+        assert!(clock.closing_lingers());
+        clock.bytes_arrived();
+        assert_eq!(clock.deadline(TIMEOUTS), None, "the drain keeps its own bounds, not the header timeout");
     }
 }

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod linger;
 pub mod listen;
 pub mod metrics;
 pub mod multipart;
@@ -178,7 +179,7 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
                 .field("address", format!("{scheme}://{}", listener.tcp.local_addr()?))
                 .to_stderr();
         }
-        listen::serve(listeners, timeouts, stopped(stopping)).await;
+        listen::serve(listeners, timeouts, state.metrics.clone(), stopped(stopping)).await;
         let _ = gates.await;
         catalog::stop(&state);
         let _ = std::fs::remove_file(&socket);

@@ -61,7 +61,8 @@ pub struct AppState {
     pub config_path: PathBuf,
     pub pool: StorePool,
     pub auth: Auth,
-    pub metrics: Metrics,
+    /// Shared with the listeners, which count their lingering closes in it.
+    pub metrics: Arc<Metrics>,
     /// Pushes and uploads as they happen, for `/admin/events`.
     pub events: broadcast::Sender<String>,
     pub records: Records,
@@ -94,7 +95,7 @@ impl AppState {
             config,
             config_path,
             auth: Auth::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             events: broadcast::channel(1024).0,
             uploads: Uploads::default(),
             quota: UsageBook::default(),

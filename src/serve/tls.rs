@@ -6,9 +6,8 @@
 //! leaves every open connection as it is. A reload that fails (a missing file, a key that does not match) keeps
 //! the certificate in use and says why in the log.
 
-use super::listen::{self, Timeouts};
+use super::listen::{self, ConnSetup};
 use crate::log::{Line, SERVE};
-use axum::Router;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -155,8 +154,7 @@ pub async fn serve_connection(
     acceptor: TlsAcceptor,
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
-    timeouts: Timeouts,
+    setup: ConnSetup,
     stop: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
 ) {
@@ -168,11 +166,12 @@ pub async fn serve_connection(
             .field("client", peer)
             .to_stderr();
     };
-    match tokio::time::timeout(timeouts.header, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => listen::serve_connection(tls, Some(peer), router, timeouts, stop, slot).await,
+    let header = setup.timeouts.header;
+    match tokio::time::timeout(header, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => listen::serve_connection(tls, Some(peer), setup, stop, slot).await,
         // A client that went away before a word (a port probe) is no refusal.
         Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {}
         Ok(Err(error)) => refuse("tls-handshake", format!("the TLS handshake failed: {error}")),
-        Err(_) => refuse("header-timeout", format!("no complete TLS handshake within {} s", timeouts.header.as_secs())),
+        Err(_) => refuse("header-timeout", format!("no complete TLS handshake within {} s", header.as_secs())),
     }
 }
