@@ -120,6 +120,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
+    undo_interrupted_admin_actions(&config, &config_path);
     catalog::open(&config).map_err(|source| ServeError::Catalog {
         path: config.catalog_root.clone().unwrap_or_default().display().to_string(),
         source,
@@ -169,6 +170,35 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         let _ = std::fs::remove_file(&socket);
         Ok(())
     })
+}
+
+/// Undoes what admin actions killed half-way left (`admin::atomic`), before the service answers anyone; logs what
+/// it undid and what its account could not (left for root's next admin command).
+fn undo_interrupted_admin_actions(config: &Config, config_path: &std::path::Path) {
+    let line = |event: &str| crate::log::Line::of(crate::log::SERVE).field("event", event);
+    let recovery = crate::admin::Admin::open(config, config_path, "serve".into()).and_then(|admin| admin.recover());
+    match recovery {
+        Ok(recovery) => {
+            for intent in recovery.undone {
+                line("admin-undo")
+                    .field("outcome", "undone")
+                    .field("action", &intent.action)
+                    .field("party", &intent.party)
+                    .field("actor", &intent.actor)
+                    .to_stderr();
+            }
+            for stuck in recovery.stuck {
+                line("admin-undo")
+                    .field("outcome", "failed")
+                    .field("action", &stuck.intent.action)
+                    .field("party", &stuck.intent.party)
+                    .field("actor", &stuck.intent.actor)
+                    .field("error", &stuck.error)
+                    .to_stderr();
+            }
+        }
+        Err(error) => line("admin-undo").field("outcome", "failed").field("error", error).to_stderr(),
+    }
 }
 
 async fn bind(address: &str) -> Result<tokio::net::TcpListener, ServeError> {

@@ -39,10 +39,23 @@ pub enum ChainCheck {
 }
 
 impl Store {
-    /// Appends one record to the hash chain; concurrent writers are serialised by SQLite's write lock.
+    /// Appends one record to the hash chain; concurrent writers are serialised by SQLite's write lock. Inside a
+    /// transaction already open on this connection (`Store::immediate`, which holds the write lock) the record joins
+    /// it, and stands or falls with the change it records.
     pub fn append_audit(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
+        if !self.conn.is_autocommit() {
+            return self.chain_record(entry);
+        }
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
-        let (last_seq, prev_hash): (i64, String) = tx
+        let record = self.chain_record(entry)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// Links and inserts one record; the caller holds the write lock.
+    fn chain_record(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
+        let (last_seq, prev_hash): (i64, String) = self
+            .conn
             .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?
             .unwrap_or((0, GENESIS.to_owned()));
@@ -59,7 +72,7 @@ impl Store {
             hash: String::new(),
         };
         record.hash = chain_hash(&record);
-        tx.execute(
+        self.conn.execute(
             "INSERT INTO audit (seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
@@ -75,7 +88,6 @@ impl Store {
                 record.hash
             ],
         )?;
-        tx.commit()?;
         Ok(record)
     }
 
