@@ -622,8 +622,9 @@ fn init_host(config_path: &Path, args: InitArgs, json: bool) -> Outcome {
     };
     let report = init(config_path, &settings, actor())?;
     show(json, &report, || {
+        let notes: String = report.notes.iter().map(|note| format!("\nnote: {note}")).collect();
         format!(
-            "configuration {}\nstate store {}\nadmin token (shown once; only its hash is kept):\n{}",
+            "configuration {}\nstate store {}\nadmin token (shown once; only its hash is kept):\n{}{notes}",
             report.config.display(),
             report.store.display(),
             report.admin_token

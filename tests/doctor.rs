@@ -18,7 +18,11 @@ impl Host {
     /// Folders with the modes systemd/evosync-tmpfiles.conf gives them, a valid policy, the real sqlite3_rsync, and
     /// an sshd_config (with its own host key) that forces the gate on the evosync account.
     fn healthy() -> Host {
-        let dir = tempfile::tempdir().unwrap();
+        Host::healthy_in(tempfile::tempdir().unwrap())
+    }
+
+    /// As `healthy`, in `dir` (`common::test_dir` gives one that sshd's StrictModes accepts up to `/`).
+    fn healthy_in(dir: tempfile::TempDir) -> Host {
         let root = dir.path();
         for (sub, mode) in [("replicas", 0o755), ("policies", 0o755), ("state", 0o2770), ("state/locks", 0o2770)] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
@@ -175,4 +179,63 @@ fn a_catalog_folder_without_its_setgid_bit_is_reported_with_its_fix() {
     let (code, report) = host.findings();
     assert_eq!((code, status_of(&report, "catalog")), (Some(1), "fail"), "{report:#}");
     assert!(fix_of(&report, "catalog").contains("chmod 2700"), "{report:#}");
+}
+
+/// Issue 18: every path the service (as `evosync`) must write and cannot is reported with its fix, found by asking
+/// the kernel as that account, changing nothing; and the managed authorized_keys file is held to sshd's StrictModes.
+#[test]
+fn what_the_service_account_cannot_write_is_reported_with_its_fix_and_nothing_changes() {
+    use std::os::unix::fs::MetadataExt;
+    common::require_account("evosync");
+    let host = Host::healthy_in(common::test_dir("doctor-service"));
+    let keys = host.root().join("keys/evosync");
+    let config = std::fs::read_to_string(host.config()).unwrap();
+    std::fs::write(host.config(), format!("{config}authorized_keys: {}\n", keys.display())).unwrap();
+    let output = Command::new(ADMIN).arg("--config").arg(host.config()).arg("init").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (code, report) = host.findings();
+    assert_eq!(code, Some(0), "{report:#}");
+    for check in ["service writes", "authorized keys"] {
+        assert_eq!(status_of(&report, check), "ok", "{check}: {report:#}");
+    }
+
+    // As hosts set up before the service could act as its own account: the folders root's.
+    let root_owns = |path: &Path| nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    root_owns(&host.root().join("replicas"));
+    root_owns(keys.parent().unwrap());
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let snapshot = || -> Vec<(PathBuf, u32, u32)> {
+        let mut all = Vec::new();
+        for folder in ["replicas", "policies", "state", "keys"] {
+            let folder = host.root().join(folder);
+            let meta = std::fs::metadata(&folder).unwrap();
+            all.push((folder.clone(), meta.uid(), meta.mode()));
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                let meta = std::fs::metadata(&path).unwrap();
+                all.push((path, meta.uid(), meta.mode()));
+            }
+        }
+        all
+    };
+    let before = snapshot();
+    let (code, report) = host.findings();
+    assert_eq!((code, status_of(&report, "service writes")), (Some(1), "fail"), "{report:#}");
+    let found = report["checks"].as_array().unwrap().iter().find(|c| c["check"] == "service writes").unwrap();
+    let found = found["found"].as_str().unwrap();
+    for path in [host.root().join("replicas"), keys.parent().unwrap().to_owned()] {
+        assert!(found.contains(&format!("evosync may not write {}", path.display())), "{found}");
+        assert!(fix_of(&report, "service writes").contains(&format!("chown evosync {}", path.display())));
+    }
+    assert!(!found.contains("policies"), "what it may write is not reported: {found}");
+    assert_eq!(status_of(&report, "authorized keys"), "fail", "{report:#}");
+    assert!(fix_of(&report, "authorized keys").contains(&format!("chmod go-w {}", keys.display())));
+    assert_eq!(snapshot(), before, "doctor changed nothing");
+
+    // `evosync init` again gives the service what it writes.
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = Command::new(ADMIN).arg("--config").arg(host.config()).arg("init").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (code, report) = host.findings();
+    assert_eq!(code, Some(0), "{report:#}");
 }

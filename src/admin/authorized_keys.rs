@@ -62,12 +62,22 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Waits for `PATH.lock` (next to the file; the lock file is never renamed, so every writer meets on it).
+    /// Waits for `PATH.lock` (next to the file; the lock file is never renamed, so every writer meets on it). A lock
+    /// file this account may not write is opened to read, which is all flock needs.
     pub fn acquire(path: &Path) -> std::io::Result<FileLock> {
-        let lock_path = sibling(path, ".lock");
-        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(lock_path)?;
+        let lock_path = lock_path(path);
+        let file =
+            match std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock_path) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => File::open(&lock_path)?,
+                opened => opened?,
+            };
         Ok(FileLock { _lock: sys::lock_exclusive(file)? })
     }
+}
+
+/// The lock file of the managed file at `path`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    sibling(path, ".lock")
 }
 
 /// Rewrites the managed block with the lines `current` produces. `current` runs while the lock is held, so lines
@@ -76,16 +86,21 @@ pub fn rewrite<E: From<std::io::Error>>(
     path: &Path,
     current: impl FnOnce() -> Result<Vec<String>, E>,
 ) -> Result<usize, E> {
-    let _lock = FileLock::acquire(path)?;
+    let lock = FileLock::acquire(path)?;
+    let lines = current()?;
+    rewrite_holding(&lock, path, &lines)?;
+    Ok(lines.len())
+}
+
+/// Rewrites the managed block with `lines`, for a caller that holds the file's lock (and read `lines` under it).
+pub fn rewrite_holding(_lock: &FileLock, path: &Path, lines: &[String]) -> std::io::Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
-    let lines = current()?;
-    let text = render(&split(existing.as_deref().unwrap_or("")), &lines);
-    replace_atomically(path, text.as_bytes())?;
-    Ok(lines.len())
+    let text = render(&split(existing.as_deref().unwrap_or("")), lines);
+    replace_atomically(path, text.as_bytes())
 }
 
 /// Lands the new text durably (temp file, fsync, rename, fsync of the folder), mode 0600, the old file's owner kept.

@@ -60,6 +60,8 @@ pub const CHECKS: &[Check] = &[
     accounts,
     party_separation,
     catalog,
+    service_writes,
+    authorized_keys_modes,
 ];
 
 /// Runs every check.
@@ -353,7 +355,7 @@ fn policies_dir(host: &Host) -> Finding {
         if mode & 0o022 != 0 {
             return fail(
                 "policies",
-                format!("{} has mode {mode:o}: others than root could rewrite the policies", folder.display()),
+                format!("{} has mode {mode:o}: others than its owner could rewrite the policies", folder.display()),
                 format!("chmod go-w {}", folder.display()),
             );
         }
@@ -380,7 +382,7 @@ fn policies_dir(host: &Host) -> Finding {
                 "run `evosync policy check` and fix what it says",
             );
         }
-        ok("policies", format!("{}: {count} valid policies, not writable by others", folder.display()))
+        ok("policies", format!("{}: {count} valid policies, writable by its owner alone", folder.display()))
     })
 }
 
@@ -393,10 +395,15 @@ fn replica_root(host: &Host) -> Finding {
             Err(finding) => return finding,
         };
         if mode & 0o022 != 0 {
+            // Shared-account mode: the service's account adds party trees there; per-party mode: only root does.
+            let owner = match config.account_mode {
+                AccountMode::Shared => crate::config::SHARED_ACCOUNT,
+                AccountMode::PerParty => "root",
+            };
             return fail(
                 "replica root",
                 format!("{} has mode {mode:o}: an account could plant a party tree there", folder.display()),
-                format!("chown root {0} && chmod 0755 {0}", folder.display()),
+                format!("chown {owner} {0} && chmod 0755 {0}", folder.display()),
             );
         }
         ok("replica root", format!("{} (mode {mode:o})", folder.display()))
@@ -521,6 +528,186 @@ fn catalog(host: &Host) -> Finding {
     })
 }
 
+/// The systemd unit as installed, and its drop-ins: where the service may write under `ProtectSystem=strict`.
+const UNIT: &str = "/etc/systemd/system/evosync.service";
+
+/// Every path the service must write, asked of the kernel as the service's account (nothing is changed): the state
+/// store and locks, the party trees, the catalog, and in shared-account mode what its admin actions write. When the
+/// systemd unit is installed, each must also lie under one of its `ReadWritePaths=`.
+fn service_writes(host: &Host) -> Finding {
+    with_config(host, "service writes", |config| {
+        let account = crate::config::SHARED_ACCOUNT;
+        let Some(ids) = sys::account_ids(account) else {
+            return fail(
+                "service writes",
+                format!("there is no account {account}, which the service runs as"),
+                "create it as scripts/setup-test-env.sh does, then run `evosync init` again",
+            );
+        };
+        let parties = party_names(config);
+        let needs = super::writable::service_needs(config, &parties);
+        let mut problems = Vec::new();
+        let mut fixes = Vec::new();
+        for need in &needs {
+            let answer = sys::account_may_write(&need.path, account, need.access);
+            if let Err(e) = &answer {
+                if e.kind() == std::io::ErrorKind::PermissionDenied && !sys::is_root() {
+                    return warn(
+                        "service writes",
+                        format!("cannot ask what {account} may write: {e}"),
+                        "run `evosync doctor` as root",
+                    );
+                }
+            }
+            if let Some(why) = super::writable::unmet(need, ids, answer) {
+                // A folder on the way it cannot enter explains it better than the path's own mode.
+                let (problem, fix) = match blocking_ancestor(&need.path, account) {
+                    Some(folder) => (
+                        format!("{account} cannot enter {}, on the way to what it writes", folder.display()),
+                        format!("chmod o+x {}", folder.display()),
+                    ),
+                    None => (format!("{account} {why} ({})", need.for_what), need.fix.clone()),
+                };
+                push_new(&mut problems, problem);
+                push_new(&mut fixes, fix);
+            }
+        }
+        let units = unit_texts(Path::new(UNIT));
+        if !units.is_empty() {
+            let writable = read_write_paths(&units);
+            for need in &needs {
+                if !writable.iter().any(|rw| need.path.starts_with(rw)) {
+                    problems.push(format!(
+                        "{} is outside the unit's ReadWritePaths ({})",
+                        need.path.display(),
+                        need.for_what
+                    ));
+                    let fix =
+                        format!("add {} to ReadWritePaths= in a drop-in (systemctl edit evosync)", need.path.display());
+                    push_new(&mut fixes, fix);
+                }
+            }
+        }
+        if problems.is_empty() {
+            return ok("service writes", format!("{account} may write the {} paths the service writes", needs.len()));
+        }
+        fail("service writes", problems.join("; "), format!("as root: {}", fixes.join("; ")))
+    })
+}
+
+fn push_new(list: &mut Vec<String>, item: String) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+/// The first folder above `path`, from `/` down, that `account` may not enter.
+fn blocking_ancestor(path: &Path, account: &str) -> Option<PathBuf> {
+    let mut folders: Vec<&Path> = path.ancestors().skip(1).filter(|f| !f.as_os_str().is_empty()).collect();
+    folders.reverse();
+    folders
+        .into_iter()
+        .find(|folder| sys::account_may_write(folder, account, sys::WriteAccess::Enter).is_ok_and(|may| !may))
+        .map(Path::to_path_buf)
+}
+
+/// The parties as the policies name them.
+fn party_names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&config.policies_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The unit's text and its drop-ins' (`UNIT.d/*.conf`); none when it is not installed.
+fn unit_texts(unit: &Path) -> Vec<String> {
+    let mut texts: Vec<String> = std::fs::read_to_string(unit).into_iter().collect();
+    if texts.is_empty() {
+        return texts;
+    }
+    let drop_ins = PathBuf::from(format!("{}.d", unit.display()));
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(drop_ins).into_iter().flatten().flatten().map(|e| e.path()).collect();
+    files.sort();
+    texts.extend(
+        files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "conf"))
+            .filter_map(|f| std::fs::read_to_string(f).ok()),
+    );
+    texts
+}
+
+/// The folders `ReadWritePaths=` opens (an empty assignment clears the list), and the runtime folder; a leading
+/// `-` (missing is fine) or `+` is not part of the path.
+fn read_write_paths(units: &[String]) -> Vec<PathBuf> {
+    let mut paths = vec![PathBuf::from("/run/evosync")];
+    for line in units.iter().flat_map(|text| text.lines()) {
+        let Some(value) = line.trim().strip_prefix("ReadWritePaths=") else { continue };
+        if value.trim().is_empty() {
+            paths.truncate(1);
+        }
+        paths.extend(value.split_whitespace().map(|p| PathBuf::from(p.trim_start_matches(['-', '+']))));
+    }
+    paths
+}
+
+/// The managed authorized_keys file as sshd's StrictModes sees it: the file and every folder up to `/` owned by root
+/// or the account that logs in with it, and writable by nobody else. Otherwise sshd ignores the file: no key works.
+fn authorized_keys_modes(host: &Host) -> Finding {
+    with_config(host, "authorized keys", |config| {
+        let Some(file) = &config.authorized_keys else {
+            return ok("authorized keys", "no managed file (AuthorizedKeysCommand mode)");
+        };
+        if !file.exists() {
+            return warn(
+                "authorized keys",
+                format!("{} does not exist yet", file.display()),
+                "run `evosync authorized-keys write` (or `evosync init --authorized-keys FILE`)",
+            );
+        }
+        // Shared-account mode: one account logs in with this file; otherwise only root may own it.
+        let login = match config.account_mode {
+            AccountMode::Shared => sys::account_ids(crate::config::SHARED_ACCOUNT).map(|(uid, _)| uid),
+            AccountMode::PerParty => None,
+        };
+        let (bad, fix) = strict_modes_violations(file, login);
+        if bad.is_empty() {
+            ok("authorized keys", format!("{} and its folders pass sshd's StrictModes", file.display()))
+        } else {
+            fail("authorized keys", format!("sshd's StrictModes would refuse it: {}", bad.join("; ")), fix.join("; "))
+        }
+    })
+}
+
+/// What StrictModes refuses on `file` and its folders, and the fixes.
+fn strict_modes_violations(file: &Path, login: Option<u32>) -> (Vec<String>, Vec<String>) {
+    let (mut bad, mut fixes) = (Vec::new(), Vec::new());
+    for path in file.ancestors() {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(path) else { continue };
+        let owner_ok = meta.uid() == 0 || Some(meta.uid()) == login;
+        let mode = meta.mode() & 0o7777;
+        if !owner_ok {
+            bad.push(format!("{} belongs to uid {}", path.display(), meta.uid()));
+            fixes.push(format!("chown root {}", path.display()));
+        }
+        if mode & 0o022 != 0 {
+            bad.push(format!("{} has mode {mode:o}", path.display()));
+            fixes.push(format!("chmod go-w {}", path.display()));
+        }
+    }
+    (bad, fixes)
+}
+
 /// The findings as text: one line each, the fix below anything not ok.
 pub fn render(findings: &[Finding]) -> String {
     let mut text = String::new();
@@ -548,6 +735,39 @@ pub fn render(findings: &[Finding]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_units_read_write_paths_cover_what_the_service_writes_with_the_default_paths() {
+        let unit = include_str!("../../systemd/evosync.service").to_owned();
+        let config = Config::parse(
+            "replica_root: /srv/evosync/replicas\npolicies_dir: /etc/evosync/policies\nstate_dir: /var/lib/evosync\n\
+             sqlite3_rsync: /usr/local/bin/sqlite3_rsync\nauthorized_keys: /etc/evosync/authorized_keys/evosync\n\
+             catalog_root: /srv/evosync/catalog\n",
+        )
+        .unwrap();
+        let writable = read_write_paths(std::slice::from_ref(&unit));
+        for need in crate::admin::writable::service_needs(&config, &["acme".into()]) {
+            assert!(
+                writable.iter().any(|rw| need.path.starts_with(rw)),
+                "{} is not writable in the unit",
+                need.path.display()
+            );
+        }
+        // A drop-in that empties the list and names one path.
+        let narrowed = read_write_paths(&[unit, "[Service]\nReadWritePaths=\nReadWritePaths=-/srv/x\n".into()]);
+        assert_eq!(narrowed, [PathBuf::from("/run/evosync"), PathBuf::from("/srv/x")]);
+    }
+
+    #[test]
+    fn strict_modes_refuse_a_file_others_may_write_or_a_stranger_owns() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let (bad, fixes) = strict_modes_violations(&file, None);
+        assert!(bad.iter().any(|b| b.contains("mode 620")), "{bad:?}");
+        assert!(fixes.iter().any(|f| f.starts_with("chmod go-w")), "{fixes:?}");
+    }
 
     #[test]
     fn a_host_without_configuration_fails_once_and_skips_what_needs_it() {

@@ -1,5 +1,7 @@
 //! `evosync init`: the configuration (unless one exists), the folders with their owners and modes, the state store,
-//! the managed authorized_keys file, and a first admin token.
+//! the managed authorized_keys file, and a first admin token. In shared-account mode it gives the service's account
+//! what the service's own admin actions write (`writable`): `policies_dir`, `replica_root`, the managed
+//! authorized_keys file and its folder.
 
 use super::{Admin, AdminError, Result};
 use crate::config::Config;
@@ -39,6 +41,8 @@ pub struct InitReport {
     pub schema_version: i64,
     /// Shown once; only its hash is kept.
     pub admin_token: String,
+    /// What init left for the administrator to do.
+    pub notes: Vec<String>,
 }
 
 impl InitSettings {
@@ -117,13 +121,69 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
         }
     }
     admin.sync_authorized_keys()?;
+    let notes = give_to_service(&config)?;
     let admin_token = admin.issue_admin_token(Some("init"), None)?.admin_token;
     Ok(InitReport {
         config: config_path.to_owned(),
         store: store_path,
         schema_version: admin.store.schema_version()?,
         admin_token,
+        notes,
     })
+}
+
+/// Shared-account mode, as root: what the service's own admin actions write becomes its account's, so that
+/// `evosync serve` as `evosync` adds parties (their policy and tree) and rewrites the managed authorized_keys file.
+/// sshd's StrictModes accepts the file and its folder owned by `evosync`, the account that logs in with them. A folder
+/// that holds other files than the managed one is left alone (it may be a folder of sshd's or of other accounts);
+/// the notes say so. Per-party-account mode leaves them root's: there only root adds parties (`writable`).
+fn give_to_service(config: &Config) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    if config.account_mode != crate::config::AccountMode::Shared || !sys::is_root() {
+        return Ok(notes);
+    }
+    let account = crate::config::SHARED_ACCOUNT;
+    let Some(ids) = sys::account_ids(account) else {
+        notes.push(format!(
+            "there is no account {account}: create it, then run `evosync init` again so that the service may add              parties and rewrite authorized_keys"
+        ));
+        return Ok(notes);
+    };
+    let give = |path: &Path, mode: u32| {
+        sys::give_path(path, ids, mode).map_err(super::io(format!("giving {} to {account}", path.display())))
+    };
+    give(&config.policies_dir, 0o755)?;
+    give(&config.replica_root, 0o755)?;
+    let Some(file) = &config.authorized_keys else { return Ok(notes) };
+    let lock = super::authorized_keys::lock_path(file);
+    for path in [file, &lock] {
+        if path.exists() {
+            give(path, 0o600)?;
+        }
+    }
+    let Some(folder) = file.parent() else { return Ok(notes) };
+    let ours = |name: &std::ffi::OsStr| {
+        Some(name) == file.file_name()
+            || Some(name) == lock.file_name()
+            || name.to_string_lossy().starts_with(crate::fs::landing::TEMP_PREFIX)
+    };
+    let others: Vec<String> = std::fs::read_dir(folder)
+        .map_err(super::io(format!("listing {}", folder.display())))?
+        .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+        .filter(|name| !ours(name))
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    if others.is_empty() {
+        give(folder, 0o755)?;
+    } else {
+        notes.push(format!(
+            "{} also holds {}: it stays as it is, and the service (as {account}) cannot rewrite {} there; give the              managed file a folder of its own (e.g. /etc/evosync/authorized_keys/{account}) and run `evosync init`              again, or change keys as root",
+            folder.display(),
+            others.join(", "),
+            file.display()
+        ));
+    }
+    Ok(notes)
 }
 
 /// A catalog folder: the service's (it publishes), setgid to its readers' group so that every run's home is

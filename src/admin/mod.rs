@@ -1,10 +1,14 @@
-//! Administrative operations, shared by the command line (`cli`) and the admin HTTP API (`serve::admin_api`): each
-//! one checks its input, changes the store (and the files that follow from it), and leaves one record in the audit
-//! trail. `init` sets a host up; `authorized_keys` owns the managed file; `doctor` looks a host over.
+//! Administrative operations, shared by the command line (`cli`), the admin HTTP API (`serve::admin_api`) and the
+//! dashboard: each one checks its input and whether its account may write what it will (else it is refused before
+//! anything changes, naming the command to run as root), then changes the store, the files that follow from it and
+//! the audit trail together or not at all (`atomic`). `init` sets a host up; `authorized_keys` owns the managed file;
+//! `writable` says what the service's account must write; `doctor` looks a host over.
 
+pub mod atomic;
 pub mod authorized_keys;
 pub mod doctor;
 pub mod init;
+pub mod writable;
 
 use crate::access;
 use crate::config::Config;
@@ -12,9 +16,12 @@ use crate::fs::{landing, sys};
 use crate::keys::{self, authorized_keys_line, KeyLine};
 use crate::names::is_party_name;
 use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
-use crate::store::{self, AdminToken, ApiKey, AuditEntry, LedgerRow, Party, SshKey, Store, StoreError};
+use crate::store::{
+    self, AdminToken, ApiKey, AuditEntry, Intent, LedgerRow, MadeFile, Party, SshKey, Store, StoreError, Undo,
+};
 use crate::time::{new_id, now, parse_date};
-use authorized_keys::Drift;
+use atomic::{kill_point, step};
+use authorized_keys::{Drift, FileLock};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +37,12 @@ pub enum AdminError {
     NotFound(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    /// This account may not do it (the service as `evosync`, say); refused before anything changed.
+    #[error("{0}")]
+    NeedsRoot(writable::NeedsRoot),
+    /// Another admin action holds the admin lock too long; nothing was changed.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl AdminError {
@@ -47,6 +60,8 @@ impl AdminError {
                 StoreError::PartyExists(_) | StoreError::KeyRegistered { .. } | StoreError::RunOwned { .. },
             ) => 409,
             AdminError::Key(_) | AdminError::Invalid(_) => 400,
+            AdminError::NeedsRoot(_) => 403,
+            AdminError::Busy(_) => 503,
             AdminError::Store(_) | AdminError::Io { .. } => 500,
         }
     }
@@ -211,54 +226,128 @@ impl<'a> Admin<'a> {
 
     // ---- parties ----
 
-    /// Registers a party, writes its policy from the template unless one exists, and creates its tree.
+    /// Registers a party, writes its policy from the template unless one exists, and creates its tree: all of it, or
+    /// (refused, failed or killed half-way) none of it.
     pub fn add_party(&self, name: &str) -> Result<Party> {
         if !is_party_name(name) {
             return Err(AdminError::Invalid(format!(
                 "'{name}' is not a party name: 1-32 of a-z, 0-9, '-', '_', starting with a letter or digit"
             )));
         }
-        let party = self.store.add_party(name)?;
-        let policy = self.config.policy_path(name);
-        if !policy.exists() {
-            std::fs::create_dir_all(&self.config.policies_dir).map_err(io("creating policies_dir"))?;
-            landing::create_file(&policy, policy_template(name).as_bytes(), 0o644)
-                .map_err(io(format!("writing {}", policy.display())))?;
+        let _turn = self.turn()?;
+        if self.store.party(name)?.is_some() {
+            return Err(StoreError::PartyExists(name.to_owned()).into());
         }
-        let root = self.config.replica_root.join(name);
-        std::fs::create_dir_all(&root).map_err(io(format!("creating {}", root.display())))?;
-        self.separate_party(name, &root, &policy)?;
-        self.audit("party.add", name, name, "")?;
-        Ok(party)
+        let plan = self.plan_party(name)?;
+        let intent = Intent { actor: &self.actor, action: "party.add", party: name, subject: name, undo: plan.undo() };
+        self.with_intent(intent, None, |id| {
+            self.make_party(name, &plan)?;
+            kill_point(step::PARTY_FILES);
+            self.store.immediate(|| {
+                let party = self.store.add_party(name)?;
+                self.audit("party.add", name, name, "")?;
+                self.store.end_intent(id)?;
+                Ok(party)
+            })
+        })
     }
 
-    /// Per-party-account mode: the party's tree, its lock folder and its policy belong to its own account and group,
-    /// so no other party's account can read them. The tree is setgid to the party's group (2770): what the gate writes
-    /// and what the service writes (the service's account is a member of every party group) stay readable by both.
-    /// Shared-account mode: the tree is the shared account's.
-    fn separate_party(&self, name: &str, root: &Path, policy: &Path) -> Result<()> {
-        let owner = self.config.tree_owner(name);
+    /// What adding `name` will make, checked before anything is: the accounts and groups it needs exist, and this
+    /// process may write where it will.
+    fn plan_party(&self, name: &str) -> Result<PartyPlan> {
+        let policy = self.config.policy_path(name);
+        let tree = self.config.replica_root.join(name);
         let per_party = self.config.account_mode == crate::config::AccountMode::PerParty;
-        let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
-        if !per_party {
-            sys::chown_to_account(root, &owner);
-            // Nobody but the shared account reads the tree: readers get what the catalog checked, in its own folders.
-            std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o2750))
-                .map_err(failed(root))?;
+        let command = format!("evosync party add {name}");
+        let owner = if per_party {
+            let account = self.config.tree_owner(name);
+            let ids = sys::account_ids(&account).ok_or_else(|| {
+                AdminError::Invalid(format!(
+                    "per-party-account mode needs the account {account} (see sshd/evosync-per-party-accounts.conf): \
+                     groupadd {account}; useradd --gid {account} --shell /bin/sh {account}; usermod -aG {account} evosync"
+                ))
+            })?;
+            if !sys::is_root() {
+                return Err(AdminError::NeedsRoot(writable::NeedsRoot {
+                    why: format!(
+                        "in per-party-account mode a party's tree, lock folder and policy belong to its account \
+                         {account}, which only root can give them to"
+                    ),
+                    command,
+                    fix: None,
+                }));
+            }
+            Some(ids)
         } else {
-            let Some(ids) = sys::account_ids(&owner) else {
-                return Err(AdminError::Invalid(format!(
-                    "per-party-account mode needs the account {owner} (see sshd/evosync-per-party-accounts.conf): \
-                     groupadd {owner}; useradd --gid {owner} --shell /bin/sh {owner}; usermod -aG {owner} evosync"
-                )));
-            };
-            let locks = self.config.locks_dir().join(name);
-            std::fs::create_dir_all(&locks).map_err(io(format!("creating {}", locks.display())))?;
-            sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
-            // The service (a member of the party's group) takes a replica's lock to copy it for readers.
-            sys::give_path(&locks, ids, 0o2770).map_err(failed(&locks))?;
-            // Readable by the party's gate and the service (a member of the party's group), by no other party.
-            sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
+            None
+        };
+        let write_policy = !policy.exists();
+        let mut needs = Vec::new();
+        if write_policy {
+            needs.push(writable::policies_need(self.config));
+        }
+        if tree.exists() {
+            // Its mode is set again: only its owner (or root) may.
+            let fix = format!("chown {} {}", crate::config::SHARED_ACCOUNT, tree.display());
+            needs.push(writable::Need {
+                path: tree.clone(),
+                access: sys::WriteAccess::EntriesIn,
+                owned: true,
+                for_what: "the party's tree (party add)",
+                fix,
+            });
+        } else {
+            needs.push(writable::replica_root_need(self.config));
+        }
+        if let Some(refused) = writable::refusal(&needs, &command) {
+            return Err(AdminError::NeedsRoot(refused));
+        }
+        let mut folders = Vec::new();
+        if write_policy {
+            folders.extend(missing_folders(&self.config.policies_dir));
+        }
+        folders.extend(missing_folders(&tree));
+        let locks = owner.map(|_| self.config.locks_dir().join(name));
+        if let Some(locks) = &locks {
+            folders.extend(missing_folders(locks));
+        }
+        let template = policy_template(name);
+        Ok(PartyPlan { policy, write_policy, template, tree, owner, locks, folders })
+    }
+
+    /// Makes what the plan says: the policy (unless one exists), the tree, and their owners and modes.
+    fn make_party(&self, name: &str, plan: &PartyPlan) -> Result<()> {
+        let policy = &plan.policy;
+        if plan.write_policy {
+            std::fs::create_dir_all(&self.config.policies_dir).map_err(io("creating policies_dir"))?;
+            landing::create_file(policy, plan.template.as_bytes(), 0o644)
+                .map_err(io(format!("writing {}", policy.display())))?;
+            kill_point(step::POLICY);
+        }
+        let root = &plan.tree;
+        std::fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
+        let owner = self.config.tree_owner(name);
+        let failed = |path: &Path| io(format!("giving {} to {owner}", path.display()));
+        match (plan.owner, &plan.locks) {
+            // Per-party-account mode: the party's tree, its lock folder and its policy belong to its own account and
+            // group, so no other party's account can read them. The tree is setgid to the party's group (2770): what
+            // the gate writes and what the service writes (its account is a member of every party group) stay
+            // readable by both.
+            (Some(ids), Some(locks)) => {
+                std::fs::create_dir_all(locks).map_err(io(format!("creating {}", locks.display())))?;
+                sys::give_path(root, ids, 0o2770).map_err(failed(root))?;
+                // The service (a member of the party's group) takes a replica's lock to re-verify it.
+                sys::give_path(locks, ids, 0o2770).map_err(failed(locks))?;
+                // Readable by the party's gate and the service (a member of the party's group), by no other party.
+                sys::give_path(policy, (0, ids.1), 0o640).map_err(failed(policy))?;
+            }
+            // Shared-account mode: the tree is the shared account's; nobody else reads it (readers get what the
+            // catalog checked, in its own folders).
+            _ => {
+                sys::chown_to_account(root, &owner);
+                std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o2750))
+                    .map_err(failed(root))?;
+            }
         }
         Ok(())
     }
@@ -341,10 +430,47 @@ impl<'a> Admin<'a> {
     /// Disabling stops every key of the party at once: the file drops its lines, and the gate and the HTTP service
     /// check the party on each use.
     pub fn set_party_enabled(&self, name: &str, enabled: bool) -> Result<Party> {
-        let party = self.store.set_party_enabled(name, enabled)?;
-        self.audit(if enabled { "party.enable" } else { "party.disable" }, name, name, "")?;
-        self.sync_authorized_keys()?;
-        Ok(party)
+        self.store.require_party(name)?;
+        let (action, verb) = if enabled { ("party.enable", "enable") } else { ("party.disable", "disable") };
+        self.with_keys_file(action, name, name, &format!("evosync party {verb} {name}"), || {
+            let party = self.store.set_party_enabled(name, enabled)?;
+            self.audit(action, name, name, "")?;
+            Ok(party)
+        })
+    }
+
+    /// Runs `change` (the store's change and its audit record) and the rewrite of the managed authorized_keys file
+    /// (when there is one) as one action: all of it or none of it (`atomic`). `command`: what root would run instead,
+    /// named when this process may not write the file.
+    fn with_keys_file<T>(
+        &self,
+        action: &str,
+        party: &str,
+        subject: &str,
+        command: &str,
+        change: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let _turn = self.turn()?;
+        let Some(path) = self.config.authorized_keys.clone() else {
+            return self.store.immediate(change);
+        };
+        self.require_plain_config_path()?;
+        if let Some(refused) = writable::refusal(&writable::authorized_keys_needs(&path), command) {
+            return Err(AdminError::NeedsRoot(refused));
+        }
+        let lock = FileLock::acquire(&path).map_err(io(format!("locking {}", path.display())))?;
+        let folder = path.parent().unwrap_or(Path::new("/")).to_owned();
+        let undo = Undo { authorized_keys: true, sweep: vec![folder], ..Undo::default() };
+        let intent = Intent { actor: &self.actor, action, party, subject, undo };
+        self.with_intent(intent, Some(&lock), |id| {
+            self.store.immediate(|| {
+                let value = change()?;
+                self.rewrite_keys_file(&lock, &path)?;
+                kill_point(step::KEYS_FILE);
+                self.store.end_intent(id)?;
+                Ok(value)
+            })
+        })
     }
 
     // ---- SSH keys ----
@@ -374,9 +500,12 @@ impl<'a> Admin<'a> {
             revoked_at: None,
             last_used_at: None,
         };
-        self.store.add_ssh_key(&key)?;
-        self.audit("ssh-key.add", party, &key.id, &key.fingerprint)?;
-        self.sync_authorized_keys()?;
+        let command = format!("evosync ssh-key add {party} --public-key FILE");
+        self.with_keys_file("ssh-key.add", party, &key.id, &command, || {
+            self.store.add_ssh_key(&key)?;
+            self.audit("ssh-key.add", party, &key.id, &key.fingerprint)?;
+            Ok(())
+        })?;
         let authorized_keys_line = self.line_for(&key);
         Ok(AddedSshKey { key, authorized_keys_line })
     }
@@ -389,10 +518,16 @@ impl<'a> Admin<'a> {
     }
 
     pub fn revoke_ssh_key(&self, id_or_fingerprint: &str) -> Result<SshKey> {
-        let key = self.store.revoke_ssh_key(id_or_fingerprint)?;
-        self.audit("ssh-key.revoke", &key.party, &key.id, &key.fingerprint)?;
-        self.sync_authorized_keys()?;
-        Ok(key)
+        let found = self
+            .store
+            .ssh_key(id_or_fingerprint)?
+            .ok_or_else(|| StoreError::NoSuchSshKey(id_or_fingerprint.to_owned()))?;
+        let command = format!("evosync ssh-key revoke {}", found.id);
+        self.with_keys_file("ssh-key.revoke", &found.party, &found.id, &command, || {
+            let key = self.store.revoke_ssh_key(&found.id)?;
+            self.audit("ssh-key.revoke", &key.party, &key.id, &key.fingerprint)?;
+            Ok(key)
+        })
     }
 
     pub fn line_for(&self, key: &SshKey) -> String {
@@ -404,32 +539,56 @@ impl<'a> Admin<'a> {
         Ok(access::active_ssh_keys(&self.store, now())?.iter().map(|key| self.line_for(key)).collect())
     }
 
-    /// Rewrites the managed authorized_keys file, when the configuration names one. Returns the lines written.
+    /// The configuration's path goes into every key's line, unquoted.
+    fn require_plain_config_path(&self) -> Result<()> {
+        if keys::path_is_plain(&self.config_path) {
+            return Ok(());
+        }
+        Err(AdminError::Invalid(format!(
+            "the configuration path {} cannot stand in authorized_keys unquoted; move it",
+            self.config_path.display()
+        )))
+    }
+
+    /// Rewrites the managed authorized_keys file, when the configuration names one (outside any admin action:
+    /// `evosync init`). Returns the lines written.
     pub fn sync_authorized_keys(&self) -> Result<Option<usize>> {
         let Some(path) = &self.config.authorized_keys else { return Ok(None) };
-        if !keys::path_is_plain(&self.config_path) {
-            return Err(AdminError::Invalid(format!(
-                "the configuration path {} cannot stand in authorized_keys unquoted; move it",
-                self.config_path.display()
-            )));
-        }
+        self.require_plain_config_path()?;
+        // In turn with the admin actions, whose recovery sweeps the file's folder of temp files.
+        let _turn = self.turn()?;
         let written = authorized_keys::rewrite(path, || self.authorized_key_lines())?;
         Ok(Some(written))
     }
 
-    pub fn write_authorized_keys(&self) -> Result<usize> {
-        let written = self.sync_authorized_keys()?.ok_or_else(|| {
+    fn managed_file(&self) -> Result<&Path> {
+        self.config.authorized_keys.as_deref().ok_or_else(|| {
             AdminError::Invalid("the configuration names no authorized_keys file (AuthorizedKeysCommand mode)".into())
-        })?;
-        self.audit("authorized-keys.write", "", "", &format!("{written} lines"))?;
-        Ok(written)
+        })
+    }
+
+    /// Writes the managed block from the store, and records that it did.
+    pub fn write_authorized_keys(&self) -> Result<usize> {
+        self.managed_file()?;
+        self.with_keys_file("authorized-keys.write", "", "", "evosync authorized-keys write", || {
+            let lines = self.authorized_key_lines()?.len();
+            self.audit("authorized-keys.write", "", "", &format!("{lines} lines"))?;
+            Ok(lines)
+        })
     }
 
     pub fn check_authorized_keys(&self) -> Result<Drift> {
-        let path = self.config.authorized_keys.as_ref().ok_or_else(|| {
-            AdminError::Invalid("the configuration names no authorized_keys file (AuthorizedKeysCommand mode)".into())
-        })?;
-        authorized_keys::drift(path, &self.authorized_key_lines()?).map_err(io(format!("reading {}", path.display())))
+        let path = self.managed_file()?;
+        authorized_keys::drift(path, &self.authorized_key_lines()?).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::PermissionDenied && !sys::is_root() {
+                return AdminError::NeedsRoot(writable::NeedsRoot {
+                    why: format!("{} may not read {}", writable::account(), path.display()),
+                    command: "evosync authorized-keys check".into(),
+                    fix: writable::authorized_keys_needs(path).last().map(|need| need.fix.clone()),
+                });
+            }
+            AdminError::Io { what: format!("reading {}", path.display()), source }
+        })
     }
 
     // ---- API keys ----
@@ -448,8 +607,11 @@ impl<'a> Admin<'a> {
             revoked_at: None,
             last_used_at: None,
         };
-        self.store.add_api_key(&key)?;
-        self.audit("api-key.issue", party, &key.id, &key.name)?;
+        let _turn = self.turn()?;
+        self.store.immediate(|| {
+            self.store.add_api_key(&key)?;
+            self.audit("api-key.issue", party, &key.id, &key.name)
+        })?;
         Ok(IssuedApiKey { key, api_key: secret.token })
     }
 
@@ -461,9 +623,12 @@ impl<'a> Admin<'a> {
     }
 
     pub fn revoke_api_key(&self, id: &str) -> Result<ApiKey> {
-        let key = self.store.revoke_api_key(id)?;
-        self.audit("api-key.revoke", &key.party, &key.id, &key.name)?;
-        Ok(key)
+        let _turn = self.turn()?;
+        self.store.immediate(|| {
+            let key = self.store.revoke_api_key(id)?;
+            self.audit("api-key.revoke", &key.party, &key.id, &key.name)?;
+            Ok(key)
+        })
     }
 
     // ---- runs, audit, admin tokens ----
@@ -517,8 +682,11 @@ impl<'a> Admin<'a> {
             revoked_at: None,
             last_used_at: None,
         };
-        self.store.add_admin_token(&token)?;
-        self.audit("admin-token.issue", "", &token.id, &format!("expires={}", crate::time::rfc3339(expires_at)))?;
+        let _turn = self.turn()?;
+        self.store.immediate(|| {
+            self.store.add_admin_token(&token)?;
+            self.audit("admin-token.issue", "", &token.id, &format!("expires={}", crate::time::rfc3339(expires_at)))
+        })?;
         Ok(IssuedAdminToken { token, admin_token: secret.token })
     }
 
@@ -528,14 +696,22 @@ impl<'a> Admin<'a> {
 
     /// The service refuses the token from its next request on.
     pub fn revoke_admin_token(&self, id: &str) -> Result<AdminToken> {
-        let token = self.store.revoke_admin_token(id)?;
-        self.audit("admin-token.revoke", "", &token.id, &token.name)?;
-        Ok(token)
+        let _turn = self.turn()?;
+        self.store.immediate(|| {
+            let token = self.store.revoke_admin_token(id)?;
+            self.audit("admin-token.revoke", "", &token.id, &token.name)?;
+            Ok(token)
+        })
     }
 
     /// Replaces `id` (or, without one, every active admin token) with one new token of the same name and a fresh
     /// lifetime; the replaced ones are revoked at once.
     pub fn rotate_admin_token(&self, id: Option<&str>) -> Result<RotatedAdminTokens> {
+        let _turn = self.turn()?;
+        self.store.immediate(|| self.rotate_admin_token_now(id))
+    }
+
+    fn rotate_admin_token_now(&self, id: Option<&str>) -> Result<RotatedAdminTokens> {
         let at = now();
         let replaced: Vec<AdminToken> = match id {
             Some(id) => {
@@ -560,7 +736,7 @@ impl<'a> Admin<'a> {
             _ => String::new(),
         };
         let detail = format!("replaces={}", replaced.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(","));
-        // The new token first, so that a failure half-way never leaves the host without one.
+        // One transaction: the new token, the revocations and the record stand or fall together.
         let secret = secrets::generate(ADMIN_TOKEN_PREFIX);
         let token = AdminToken {
             id: secret.id,
@@ -584,4 +760,36 @@ impl From<std::io::Error> for AdminError {
     fn from(source: std::io::Error) -> Self {
         AdminError::Io { what: "authorized_keys".into(), source }
     }
+}
+
+/// What `party add` will make, decided before anything is made.
+struct PartyPlan {
+    policy: PathBuf,
+    /// No policy exists yet: the template is written.
+    write_policy: bool,
+    template: String,
+    tree: PathBuf,
+    /// Per-party-account mode: the party account's (uid, gid), and its lock folder.
+    owner: Option<(u32, u32)>,
+    locks: Option<PathBuf>,
+    /// Folders the plan makes that do not exist yet, deepest first.
+    folders: Vec<PathBuf>,
+}
+
+impl PartyPlan {
+    /// What undoes it: the files and folders it makes, none of which exist yet.
+    fn undo(&self) -> Undo {
+        let files = match self.write_policy {
+            true => vec![MadeFile { path: self.policy.clone(), sha256: atomic::sha256_hex(self.template.as_bytes()) }],
+            false => vec![],
+        };
+        let sweep =
+            if self.write_policy { vec![self.policy.parent().unwrap_or(Path::new("/")).to_owned()] } else { vec![] };
+        Undo { files, folders: self.folders.clone(), authorized_keys: false, sweep }
+    }
+}
+
+/// `path` and those of its ancestors that do not exist, deepest first.
+fn missing_folders(path: &Path) -> Vec<PathBuf> {
+    path.ancestors().take_while(|folder| !folder.exists()).map(Path::to_path_buf).collect()
 }

@@ -499,6 +499,101 @@ pub fn group_id(group: &str) -> Option<u32> {
     nix::unistd::Group::from_name(group).ok().flatten().map(|g| g.gid.as_raw())
 }
 
+// ---- who may write where: asked of the kernel, changing nothing ----
+
+/// What a write needs of a path: to make and remove entries in a folder (write and search), or to write a file; or,
+/// on the way there, to enter a folder (search).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAccess {
+    EntriesIn,
+    File,
+    Enter,
+}
+
+impl WriteAccess {
+    fn flags(self) -> nix::unistd::AccessFlags {
+        use nix::unistd::AccessFlags;
+        match self {
+            WriteAccess::EntriesIn => AccessFlags::W_OK | AccessFlags::X_OK,
+            WriteAccess::File => AccessFlags::W_OK,
+            WriteAccess::Enter => AccessFlags::X_OK,
+        }
+    }
+}
+
+/// The kernel's answer to an access question: yes, no (`EACCES`, `EPERM`, `EROFS`: a read-only mount such as the
+/// unit's `ProtectSystem=strict` makes), or it could not say (the path is missing, say).
+fn access_answer(answer: Result<(), Errno>) -> std::io::Result<bool> {
+    match answer {
+        Ok(()) => Ok(true),
+        Err(Errno::EACCES | Errno::EPERM | Errno::EROFS) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether this process may write `path` as `access` says (faccessat with AT_EACCESS: its effective ids, the mode
+/// bits, ACLs and read-only mounts all weigh). Changes nothing.
+pub fn may_write(path: &Path, access: WriteAccess) -> std::io::Result<bool> {
+    use nix::fcntl::AtFlags;
+    access_answer(nix::unistd::faccessat(None, path, access.flags(), AtFlags::AT_EACCESS))
+}
+
+/// Whether `account` (its uid, primary group and supplementary groups) may write `path` as `access` says, changing
+/// nothing. As this process's own account, asked directly; for another account (only root may ask), asked from a
+/// forked child that takes on the account's ids, asks faccessat and exits with the answer.
+pub fn account_may_write(path: &Path, account: &str, access: WriteAccess) -> std::io::Result<bool> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult, Gid, User};
+    use std::os::unix::ffi::OsStrExt;
+    let user = User::from_name(account)?
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("there is no account {account}")))?;
+    if nix::unistd::geteuid() == user.uid {
+        return may_write(path, access);
+    }
+    if !is_root() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("only root (or {account} itself) can ask what {account} may write"),
+        ));
+    }
+    // Everything the child needs is made here: between fork and _exit it allocates nothing and takes no lock.
+    let name = std::ffi::CString::new(account)?;
+    let groups: Vec<Gid> = nix::unistd::getgrouplist(&name, user.gid)?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let (uid, gid, flags) = (user.uid, user.gid, access.flags());
+    const YES: i32 = 0;
+    const NO: i32 = 1;
+    const CANNOT_SAY: i32 = 2;
+    // SAFETY: the child makes raw system calls only (setgroups, setresgid, setresuid, faccessat, _exit), each
+    // async-signal-safe, on values made before the fork; it allocates nothing and touches no lock another thread may
+    // have held, so forking a multi-threaded process is sound. The parent waits for it.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let asked = nix::unistd::setgroups(&groups)
+                .and_then(|()| nix::unistd::setresgid(gid, gid, gid))
+                .and_then(|()| nix::unistd::setresuid(uid, uid, uid))
+                .and_then(|()| nix::unistd::faccessat(None, c_path.as_c_str(), flags, AtFlags::AT_EACCESS));
+            let code = match access_answer(asked) {
+                Ok(true) => YES,
+                Ok(false) => NO,
+                Err(_) => CANNOT_SAY,
+            };
+            // SAFETY: _exit ends the child at once, running no atexit handler or destructor of the parent's state.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => match waitpid(child, None)? {
+            WaitStatus::Exited(_, YES) => Ok(true),
+            WaitStatus::Exited(_, NO) => Ok(false),
+            _ => {
+                // Could not say: the path is missing or unreachable; say which, as this process sees it.
+                std::fs::symlink_metadata(path)?;
+                Err(std::io::Error::other(format!("cannot tell whether {account} may write {}", path.display())))
+            }
+        },
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The sync child's confinement beyond Landlock: its working folder entered by descriptor, its memory (RLIMIT_AS or a
 // cgroup v2 folder), its seccomp filter, how it ended (with its peak RSS), and what the host offers of each.

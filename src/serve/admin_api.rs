@@ -1,5 +1,6 @@
 //! The admin HTTP API under `/admin/…`: Bearer admin token (an `AdminCaller` in every handler's signature), JSON in
-//! and out, every action carried out by `admin` (the same operations as the command line) and audited there.
+//! and out, every action carried out by `admin` (the same operations as the command line) and audited there, all or
+//! nothing; what the service's account may not do is refused with 403 before anything changes.
 
 use super::auth::AdminCaller;
 use super::body::JsonBody;
@@ -76,7 +77,7 @@ pub async fn list_parties(admin: AdminCaller, State(state): State<Shared>) -> An
     ok(with_admin(&admin, &state, |a| a.parties()).await?)
 }
 
-#[utoipa::path(post, path = "/admin/parties", request_body = NewParty, responses((status = 201, description = "added"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/admin/parties", request_body = NewParty, responses((status = 201, description = "added"), (status = 401), (status = 400), (status = 404), (status = 403, description = "this account may not write what it needs; nothing changed; the error names the command to run as root"), (status = 503, description = "another admin action holds the admin lock; nothing changed")), security(("admin_token" = [])))]
 pub async fn add_party(admin: AdminCaller, State(state): State<Shared>, JsonBody(body): JsonBody<NewParty>) -> Answer {
     created(with_admin(&admin, &state, move |a| a.add_party(&body.name)).await?)
 }
@@ -86,12 +87,12 @@ pub async fn show_party(admin: AdminCaller, State(state): State<Shared>, UrlPath
     ok(with_admin(&admin, &state, move |a| a.show_party(&name)).await?)
 }
 
-#[utoipa::path(post, path = "/admin/parties/{name}/disable", params(("name" = String, Path)), responses((status = 200, description = "disabled"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/admin/parties/{name}/disable", params(("name" = String, Path)), responses((status = 200, description = "disabled"), (status = 401), (status = 400), (status = 404), (status = 403, description = "this account may not write what it needs; nothing changed; the error names the command to run as root"), (status = 503, description = "another admin action holds the admin lock; nothing changed")), security(("admin_token" = [])))]
 pub async fn disable_party(admin: AdminCaller, State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     ok(with_admin(&admin, &state, move |a| a.set_party_enabled(&name, false)).await?)
 }
 
-#[utoipa::path(post, path = "/admin/parties/{name}/enable", params(("name" = String, Path)), responses((status = 200, description = "enabled"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/admin/parties/{name}/enable", params(("name" = String, Path)), responses((status = 200, description = "enabled"), (status = 401), (status = 400), (status = 404), (status = 403, description = "this account may not write what it needs; nothing changed; the error names the command to run as root"), (status = 503, description = "another admin action holds the admin lock; nothing changed")), security(("admin_token" = [])))]
 pub async fn enable_party(admin: AdminCaller, State(state): State<Shared>, UrlPath(name): UrlPath<String>) -> Answer {
     ok(with_admin(&admin, &state, move |a| a.set_party_enabled(&name, true)).await?)
 }
@@ -105,7 +106,7 @@ pub async fn list_ssh_keys(
     ok(with_admin(&admin, &state, move |a| a.ssh_keys(filter.party.as_deref())).await?)
 }
 
-#[utoipa::path(post, path = "/admin/ssh-keys", request_body = NewSshKey, responses((status = 201, description = "added, with its authorized_keys line"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/admin/ssh-keys", request_body = NewSshKey, responses((status = 201, description = "added, with its authorized_keys line"), (status = 401), (status = 400), (status = 404), (status = 403, description = "this account may not write what it needs; nothing changed; the error names the command to run as root"), (status = 503, description = "another admin action holds the admin lock; nothing changed")), security(("admin_token" = [])))]
 pub async fn add_ssh_key(
     admin: AdminCaller,
     State(state): State<Shared>,
@@ -125,7 +126,7 @@ pub async fn add_ssh_key(
     )
 }
 
-#[utoipa::path(delete, path = "/admin/ssh-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+#[utoipa::path(delete, path = "/admin/ssh-keys/{id}", params(("id" = String, Path)), responses((status = 200, description = "revoked"), (status = 401), (status = 400), (status = 404), (status = 403, description = "this account may not write what it needs; nothing changed; the error names the command to run as root"), (status = 503, description = "another admin action holds the admin lock; nothing changed")), security(("admin_token" = [])))]
 pub async fn revoke_ssh_key(admin: AdminCaller, State(state): State<Shared>, UrlPath(id): UrlPath<String>) -> Answer {
     ok(with_admin(&admin, &state, move |a| a.revoke_ssh_key(&id)).await?)
 }
@@ -159,7 +160,7 @@ pub async fn revoke_api_key(admin: AdminCaller, State(state): State<Shared>, Url
     ok(with_admin(&admin, &state, move |a| a.revoke_api_key(&id)).await?)
 }
 
-#[utoipa::path(post, path = "/admin/authorized-keys/write", responses((status = 200, description = "lines written"), (status = 401), (status = 400), (status = 404)), security(("admin_token" = [])))]
+#[utoipa::path(post, path = "/admin/authorized-keys/write", responses((status = 200, description = "lines written"), (status = 401), (status = 400), (status = 404), (status = 403, description = "this account may not write what it needs; nothing changed; the error names the command to run as root"), (status = 503, description = "another admin action holds the admin lock; nothing changed")), security(("admin_token" = [])))]
 pub async fn write_authorized_keys(admin: AdminCaller, State(state): State<Shared>) -> Answer {
     ok(serde_json::json!({ "lines": with_admin(&admin, &state, |a| a.write_authorized_keys()).await? }))
 }

@@ -127,6 +127,7 @@ const SHUTDOWN_GRACE: std::time::Duration = listen::SHUTDOWN_GRACE;
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
     // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
+    undo_interrupted_admin_actions(&config, &config_path);
     crate::catalog::home::Homes::open(&config).map_err(ServeError::Catalog)?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(std::sync::Arc::new(tls::Reloadable::load(cert, key)?)),
@@ -185,6 +186,35 @@ pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
         let _ = std::fs::remove_file(&socket);
         Ok(())
     })
+}
+
+/// Undoes what admin actions killed half-way left (`admin::atomic`), before the service answers anyone; logs what
+/// it undid and what its account could not (left for root's next admin command).
+fn undo_interrupted_admin_actions(config: &Config, config_path: &std::path::Path) {
+    let line = |event: &str| crate::log::Line::of(crate::log::SERVE).field("event", event);
+    let recovery = crate::admin::Admin::open(config, config_path, "serve".into()).and_then(|admin| admin.recover());
+    match recovery {
+        Ok(recovery) => {
+            for intent in recovery.undone {
+                line("admin-undo")
+                    .field("outcome", "undone")
+                    .field("action", &intent.action)
+                    .field("party", &intent.party)
+                    .field("actor", &intent.actor)
+                    .to_stderr();
+            }
+            for stuck in recovery.stuck {
+                line("admin-undo")
+                    .field("outcome", "failed")
+                    .field("action", &stuck.intent.action)
+                    .field("party", &stuck.intent.party)
+                    .field("actor", &stuck.intent.actor)
+                    .field("error", &stuck.error)
+                    .to_stderr();
+            }
+        }
+        Err(error) => line("admin-undo").field("outcome", "failed").field("error", error).to_stderr(),
+    }
 }
 
 async fn bind(address: &str) -> Result<tokio::net::TcpListener, ServeError> {

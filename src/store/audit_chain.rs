@@ -39,46 +39,56 @@ pub enum ChainCheck {
 }
 
 impl Store {
-    /// Appends one record to the hash chain; concurrent writers are serialised by SQLite's write lock.
+    /// Appends one record to the hash chain; concurrent writers are serialised by SQLite's write lock. Inside a
+    /// transaction already open on this connection (`Store::immediate`, which holds the write lock) the record joins
+    /// it, and stands or falls with the change it records.
     pub fn append_audit(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
-        // In a write transaction of its own (or of its caller's), so two writers never chain onto the same record.
-        self.in_transaction(|store| {
-            let (last_seq, prev_hash): (i64, String) = store
-                .conn
-                .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?
-                .unwrap_or((0, GENESIS.to_owned()));
-            let mut record = AuditRecord {
-                seq: last_seq + 1,
-                at: now(),
-                actor: entry.actor.to_owned(),
-                action: entry.action.to_owned(),
-                party: entry.party.to_owned(),
-                subject: entry.subject.to_owned(),
-                outcome: entry.outcome.to_owned(),
-                detail: entry.detail.to_owned(),
-                prev_hash,
-                hash: String::new(),
-            };
-            record.hash = chain_hash(&record);
-            store.conn.execute(
-                "INSERT INTO audit (seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    record.seq,
-                    record.at,
-                    record.actor,
-                    record.action,
-                    record.party,
-                    record.subject,
-                    record.outcome,
-                    record.detail,
-                    record.prev_hash,
-                    record.hash
-                ],
-            )?;
-            Ok(record)
-        })
+        if !self.conn.is_autocommit() {
+            return self.chain_record(entry);
+        }
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        let record = self.chain_record(entry)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// Links and inserts one record; the caller holds the write lock.
+    fn chain_record(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
+        let (last_seq, prev_hash): (i64, String) = self
+            .conn
+            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, GENESIS.to_owned()));
+        let mut record = AuditRecord {
+            seq: last_seq + 1,
+            at: now(),
+            actor: entry.actor.to_owned(),
+            action: entry.action.to_owned(),
+            party: entry.party.to_owned(),
+            subject: entry.subject.to_owned(),
+            outcome: entry.outcome.to_owned(),
+            detail: entry.detail.to_owned(),
+            prev_hash,
+            hash: String::new(),
+        };
+        record.hash = chain_hash(&record);
+        self.conn.execute(
+            "INSERT INTO audit (seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                record.seq,
+                record.at,
+                record.actor,
+                record.action,
+                record.party,
+                record.subject,
+                record.outcome,
+                record.detail,
+                record.prev_hash,
+                record.hash
+            ],
+        )?;
+        Ok(record)
     }
 
     /// Records after `after_seq`, oldest first.

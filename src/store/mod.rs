@@ -1,11 +1,12 @@
 //! The state store: SQLite at `state_dir/state.db` (WAL, foreign keys, a busy timeout, migrations by
 //! `user_version`). This file opens and migrates it; each table group has a file of its own: `parties`, `keys`
 //! (SSH keys, API keys, admin tokens), `runs` (runs and their analysis files), `ledger` (the pushes the gate ran)
-//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision); `dashboard` reads
-//! summaries of them for the dashboard.
+//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision), `intents` (admin actions
+//! under way, and what undoes them); `dashboard` reads summaries of them for the dashboard.
 
 mod audit_chain;
 mod dashboard;
+mod intents;
 mod jobs;
 mod keys;
 mod ledger;
@@ -15,6 +16,7 @@ mod verifications;
 
 pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
 pub use dashboard::{HourlyPushes, HourlyUploads, PushRecord};
+pub use intents::{Intent, IntentRecord, MadeFile, Undo};
 pub use jobs::{Job, JobState};
 pub use keys::{AdminToken, ApiKey, SshKey};
 pub use ledger::{LedgerRow, Transport};
@@ -176,6 +178,20 @@ CREATE TABLE party_usage (
     measured_at  INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    // Admin actions under way (`admin::atomic`): each one that changes files records here, before it touches them,
+    // what would undo it; the row goes in the transaction that commits the action, so a row left behind names an
+    // action that never committed, and what to undo of it.
+    r#"
+CREATE TABLE admin_intents (
+    id       INTEGER PRIMARY KEY,
+    at       INTEGER NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    party    TEXT NOT NULL DEFAULT '',
+    subject  TEXT NOT NULL DEFAULT '',
+    undo     TEXT NOT NULL
+);
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +290,19 @@ impl Store {
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
         let value = f(self)?;
         tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction: the store's write lock is taken first, so no other writer comes between
+    /// what `f` reads and what it writes; committed when `f` returns `Ok`, rolled back otherwise (and by a crash).
+    pub fn immediate<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(StoreError::from)?;
+        let value = f()?;
+        tx.commit().map_err(StoreError::from)?;
         Ok(value)
     }
 

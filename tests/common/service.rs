@@ -29,6 +29,34 @@ impl Service {
         Service::launch(config, port, command)
     }
 
+    /// As `start_as_service_account`, with `env` set for the service too (`EVOSYNC_TEST_KILL_AT`, say).
+    pub fn start_as_service_account_with(config: &Path, port: u16, env: &[(&str, &str)]) -> Service {
+        let mut command = Command::new("setpriv");
+        command.args(["--reuid=evosync", "--regid=evosync", "--init-groups", env!("CARGO_BIN_EXE_evosync")]);
+        command.envs(env.iter().copied());
+        Service::launch(config, port, command)
+    }
+
+    /// kill -9, and waits until it is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits up to `within` for it to exit on its own; `None` while it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn launch(config: &Path, port: u16, mut command: Command) -> Service {
         let log = config.with_file_name(format!("serve-{port}.log"));
         let child = command
