@@ -1,8 +1,11 @@
 //! Administrative operations, shared by the command line (`cli`) and the admin HTTP API (`serve::admin_api`): each
 //! one checks its input, changes the store (and the files that follow from it), and leaves one record in the audit
-//! trail. `init` sets a host up; `authorized_keys` owns the managed file; `doctor` looks a host over.
+//! trail. `init` sets a host up; `authorized_keys` owns the managed file; `doctor` looks a host over; `backup` backs
+//! the store up and restores it; `audit` archives old audit records and verifies the chain and its archives.
 
+pub mod audit;
 pub mod authorized_keys;
+pub mod backup;
 pub mod doctor;
 pub mod init;
 
@@ -30,6 +33,8 @@ pub enum AdminError {
     NotFound(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    Archive(#[from] store::ArchiveError),
 }
 
 impl AdminError {
@@ -46,8 +51,9 @@ impl AdminError {
             AdminError::Store(
                 StoreError::PartyExists(_) | StoreError::KeyRegistered { .. } | StoreError::RunOwned { .. },
             ) => 409,
-            AdminError::Key(_) | AdminError::Invalid(_) => 400,
-            AdminError::Store(_) | AdminError::Io { .. } => 500,
+            AdminError::Key(_) | AdminError::Invalid(_) | AdminError::Archive(store::ArchiveError::Nothing(_)) => 400,
+            AdminError::Archive(store::ArchiveError::Broken { .. } | store::ArchiveError::Changed(_)) => 409,
+            AdminError::Store(_) | AdminError::Io { .. } | AdminError::Archive(_) => 500,
         }
     }
 }

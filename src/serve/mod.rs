@@ -56,6 +56,10 @@ pub enum ServeError {
     PlainHttp(String),
     #[error("the catalog_root {path} cannot be opened: {source} (evosync init --catalog-root makes it)")]
     Catalog { path: String, source: std::io::Error },
+    #[error("cannot take the service's lock in state_dir: {0}")]
+    Lock(#[from] crate::fs::locks::LockFileError),
+    #[error("`evosync restore` is putting a backup in the store's place (it holds {0}); start the service when it has ended")]
+    Restoring(String),
 }
 
 /// Every route of the service. With `metrics_listen` set, `/metrics` is left out here (404) and served by
@@ -118,6 +122,10 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
+    // Held until the service ends: `evosync restore` refuses while it is held, and holds it while it works.
+    let _running = crate::fs::locks::service_running(&config.state_dir)?.ok_or_else(|| {
+        ServeError::Restoring(config.state_dir.join(crate::fs::locks::SERVICE_LOCK).display().to_string())
+    })?;
     // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
     catalog::open(&config).map_err(|source| ServeError::Catalog {
