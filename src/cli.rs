@@ -68,6 +68,13 @@ enum Command {
     },
     /// Run the HTTP service (admin API and the workers' sync endpoints).
     Serve,
+    /// Copy the state store into FILE while the service and the gates run: one consistent moment, checked in the copy
+    /// (integrity, the audit chain), written atomically with mode 0600. Replicas and the catalog are files: back
+    /// them up with the file system.
+    Backup { file: PathBuf },
+    /// Put the backup FILE in the state store's place: refused while `evosync serve` runs; the file is checked
+    /// first; the replaced store is kept beside it (state.db.replaced-TIME).
+    Restore { file: PathBuf },
     /// Look the host over (binaries and versions, Landlock, seccomp, the memory limit's cgroup, sshd, folders and
     /// their modes, accounts) and say what to fix; exit 1 when something must be fixed.
     Doctor {
@@ -242,8 +249,21 @@ enum AuthorizedKeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain; reports the first record where it breaks (exit 1).
-    Verify,
+    /// Check the hash chain from its start (or its seal, after an archive); reports the first record where it breaks
+    /// (exit 1). With --archive, also checks each archive file and that it joins its seal.
+    Verify {
+        /// An archive written by `audit archive` (repeatable).
+        #[arg(long = "archive")]
+        archives: Vec<PathBuf>,
+    },
+    /// Move the records older than DATE into FILE (JSON lines with their hashes; never over an existing file), then
+    /// remove them from the store in one transaction that leaves a seal where the chain now starts.
+    Archive {
+        /// 2027-01-31 (midnight UTC) or an RFC 3339 time: every record before the first one stamped then or later.
+        #[arg(long)]
+        before: String,
+        file: PathBuf,
+    },
     /// Print audit records.
     List {
         #[arg(long, default_value_t = 0)]
@@ -316,6 +336,45 @@ fn run(cli: Cli) -> Outcome {
             let config = Config::load(&config_path)?;
             crate::serve::serve(config, config_path).map_err(Failure::from)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { file } => {
+            let config = Config::load(&config_path)?;
+            let report = crate::admin::backup::backup(&config, &config_path, &file, actor())?;
+            show(json, &report, || {
+                format!(
+                    "backup {} ({} bytes, sha256 {})
+{}",
+                    report.file.display(),
+                    report.bytes,
+                    report.sha256,
+                    holds(&report.holds)
+                )
+            })
+        }
+        Command::Restore { file } => {
+            let config = Config::load(&config_path)?;
+            let report = crate::admin::backup::restore(&config, &config_path, &file, actor())?;
+            show(json, &report, || {
+                let replaced = match &report.replaced {
+                    Some(path) => format!("the replaced store is kept as {}", path.display()),
+                    None => "there was no store to replace".to_owned(),
+                };
+                let keys = match report.authorized_keys_lines {
+                    Some(lines) => format!("; authorized_keys rewritten ({lines} key lines)"),
+                    None => String::new(),
+                };
+                format!(
+                    "restored {} (sha256 {}) as {}
+{}
+{replaced}{keys}
+next: evosync catalog check --repair (if \
+                     there is a catalog), then start the service",
+                    report.file.display(),
+                    report.sha256,
+                    report.store.display(),
+                    holds(&report.holds)
+                )
+            })
         }
         command => {
             let config = Config::load(&config_path)?;
@@ -449,18 +508,70 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
             }
         },
         Command::Audit { command } => match command {
-            AuditCommand::Verify => match admin.store.verify_audit()? {
-                crate::store::ChainCheck::Intact { records } => {
-                    show(json, &serde_json::json!({ "intact": true, "records": records }), || {
-                        format!("audit chain intact: {records} records")
-                    })
-                }
-                crate::store::ChainCheck::Broken { seq, reason } => {
-                    let value = serde_json::json!({ "intact": false, "first_broken": seq, "reason": reason });
-                    show(json, &value, || format!("audit chain broken at record {seq}: {reason}"))?;
-                    Ok(ExitCode::FAILURE)
-                }
-            },
+            AuditCommand::Verify { archives } => {
+                let verification = admin.verify_audit(&archives)?;
+                let intact = verification.intact();
+                let mut value = match &verification.chain {
+                    crate::store::ChainCheck::Intact { records } => {
+                        serde_json::json!({ "intact": intact, "records": records })
+                    }
+                    crate::store::ChainCheck::Broken { seq, reason } => {
+                        serde_json::json!({ "intact": false, "first_broken": seq, "reason": reason })
+                    }
+                };
+                value["seal"] = serde_json::to_value(&verification.seal)?;
+                value["archives"] = serde_json::to_value(&verification.archives)?;
+                show(json, &value, || {
+                    let mut lines = vec![match &verification.chain {
+                        crate::store::ChainCheck::Intact { records } => match &verification.seal {
+                            Some(seal) => format!(
+                                "audit chain intact: {records} records from record {} on, joined to the seal of \
+                                 records {}-{} (archived {} into {}, sha256 {})",
+                                seal.last_seq + 1,
+                                seal.first_seq,
+                                seal.last_seq,
+                                crate::time::rfc3339(seal.sealed_at),
+                                seal.archive,
+                                seal.archive_sha256
+                            ),
+                            None => format!("audit chain intact: {records} records"),
+                        },
+                        crate::store::ChainCheck::Broken { seq, reason } => {
+                            format!("audit chain broken at record {seq}: {reason}")
+                        }
+                    }];
+                    for archive in &verification.archives {
+                        let range = archive
+                            .check
+                            .header
+                            .as_ref()
+                            .map(|h| format!("records {}-{}", h.first_seq, h.last_seq))
+                            .unwrap_or_default();
+                        lines.push(match &archive.check.problem {
+                            None => format!("archive {}: intact, {range}, joins its seal", archive.file.display()),
+                            Some(problem) => format!("archive {}: {problem}", archive.file.display()),
+                        });
+                    }
+                    lines.join("\n")
+                })?;
+                Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            }
+            AuditCommand::Archive { before, file } => {
+                let report = admin.archive_audit(&before, &file)?;
+                show(json, &report, || {
+                    format!(
+                        "archived records {}-{} ({}) into {} ({} bytes, sha256 {}); {} records left in the store, the \
+                         chain now starts at the seal\nkeep the archive off this host",
+                        report.seal.first_seq,
+                        report.seal.last_seq,
+                        report.records,
+                        report.file.display(),
+                        report.bytes,
+                        report.sha256,
+                        report.remaining
+                    )
+                })
+            }
             AuditCommand::List { after, limit } => {
                 let records = admin.audit_records(after, limit)?;
                 show(json, &records, || {
@@ -574,12 +685,39 @@ fn administer(admin: &Admin<'_>, command: Command, json: bool) -> Outcome {
         Command::Init(_)
         | Command::Policy { .. }
         | Command::Serve
+        | Command::Backup { .. }
+        | Command::Restore { .. }
         | Command::Doctor { .. }
         | Command::Tunnel(_)
         | Command::Catalog { command: CatalogCommand::Inspect { .. } | CatalogCommand::Apply { .. } } => {
             unreachable!("handled before the store opens")
         }
     }
+}
+
+/// What a store holds, in two lines.
+fn holds(summary: &crate::store::Summary) -> String {
+    let c = &summary.counts;
+    let last = match &summary.last_audit {
+        Some(r) => {
+            format!("audit to record {} ({} {} {} {})", r.seq, crate::time::rfc3339(r.at), r.actor, r.action, r.outcome)
+        }
+        None => "no audit record".to_owned(),
+    };
+    format!(
+        "schema {}: {} parties, {} SSH keys, {} API keys, {} admin tokens, {} runs, {} analysis files, {} verdicts, \
+         {} audit records\nledger to push {}; {last}; the audit chain verified",
+        summary.schema_version,
+        c.parties,
+        c.ssh_keys,
+        c.api_keys,
+        c.admin_tokens,
+        c.runs,
+        c.analysis_files,
+        c.verifications,
+        c.audit_records,
+        summary.last_ledger_id
+    )
 }
 
 /// Prints `value` as JSON, or the text `human` makes.

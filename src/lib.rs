@@ -7,7 +7,7 @@
 //! | `gate` | the push path, blocking, no async runtime: `evosync-gate` starts in about a millisecond |
 //! | `serve` | `evosync serve`: the workers' sync API, the SSH tunnel, the admin API, metrics, events, TLS (axum, tokio) |
 //! | `worker` | what runs on a worker, not on the central host: `evosync tunnel`, ssh's `ProxyCommand` over HTTPS |
-//! | `admin` | operations shared by the command line and the admin API; `init`; the managed authorized_keys file |
+//! | `admin` | operations shared by the command line and the admin API; `init`; authorized_keys; backups; archives |
 //! | `cli` | `evosync`'s command line: clap, dispatch, text or JSON output |
 //! | `store` | the SQLite state store, one file per table group, and the hash-chained audit trail |
 //! | `fs` | every system call and every `unsafe` (`fs::sys`), confinement, landing a file durably |

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 /// The group of the gate accounts and the AuthorizedKeysCommand account: they write the store and the locks.
 pub const STATE_GROUP: &str = "evosync";
 
+/// The mode of the store and its -wal and -shm.
+pub const STORE_MODE: u32 = 0o660;
+
 /// What `init` writes into a new configuration.
 pub struct InitSettings {
     pub replica_root: PathBuf,
@@ -111,15 +114,7 @@ pub fn init(config_path: &Path, settings: &InitSettings, actor: String) -> Resul
     }
     let admin = Admin::open(&config, config_path, actor)?;
     let store_path = config.store_path();
-    // The store and its WAL companions: the gate accounts and the AuthorizedKeysCommand account write them too.
-    for suffix in ["", "-wal", "-shm"] {
-        let path = PathBuf::from(format!("{}{suffix}", store_path.display()));
-        if path.exists() {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
-                .and_then(|()| sys::chgrp(&path, STATE_GROUP))
-                .map_err(super::io(format!("setting the mode of {}", path.display())))?;
-        }
-    }
+    settle_store_files(&store_path)?;
     admin.sync_authorized_keys()?;
     let notes = give_to_service(&config)?;
     let admin_token = admin.issue_admin_token(Some("init"), None)?.admin_token;
@@ -184,6 +179,20 @@ fn give_to_service(config: &Config) -> Result<Vec<String>> {
         ));
     }
     Ok(notes)
+}
+
+/// The store and its WAL companions, those present, get group `evosync` and mode 0660: the gate accounts and the
+/// AuthorizedKeysCommand account write them too.
+pub fn settle_store_files(store_path: &Path) -> Result<()> {
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{}{suffix}", store_path.display()));
+        if path.exists() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(STORE_MODE))
+                .and_then(|()| sys::chgrp(&path, STATE_GROUP))
+                .map_err(super::io(format!("setting the mode of {}", path.display())))?;
+        }
+    }
+    Ok(())
 }
 
 /// A catalog folder: the service's (it publishes), setgid to its readers' group so that every run's home is

@@ -2,10 +2,13 @@
 //! dashboard: each one checks its input and whether its account may write what it will (else it is refused before
 //! anything changes, naming the command to run as root), then changes the store, the files that follow from it and
 //! the audit trail together or not at all (`atomic`). `init` sets a host up; `authorized_keys` owns the managed file;
-//! `writable` says what the service's account must write; `doctor` looks a host over.
+//! `writable` says what the service's account must write; `doctor` looks a host over; `backup` backs the store up and
+//! restores it; `audit` archives old audit records and verifies the chain and its archives.
 
 pub mod atomic;
+pub mod audit;
 pub mod authorized_keys;
+pub mod backup;
 pub mod doctor;
 pub mod init;
 pub mod writable;
@@ -43,6 +46,8 @@ pub enum AdminError {
     /// Another admin action holds the admin lock too long; nothing was changed.
     #[error("{0}")]
     Busy(String),
+    #[error(transparent)]
+    Archive(#[from] store::ArchiveError),
 }
 
 impl AdminError {
@@ -59,10 +64,11 @@ impl AdminError {
             AdminError::Store(
                 StoreError::PartyExists(_) | StoreError::KeyRegistered { .. } | StoreError::RunOwned { .. },
             ) => 409,
-            AdminError::Key(_) | AdminError::Invalid(_) => 400,
+            AdminError::Key(_) | AdminError::Invalid(_) | AdminError::Archive(store::ArchiveError::Nothing(_)) => 400,
             AdminError::NeedsRoot(_) => 403,
+            AdminError::Archive(store::ArchiveError::Broken { .. } | store::ArchiveError::Changed(_)) => 409,
             AdminError::Busy(_) => 503,
-            AdminError::Store(_) | AdminError::Io { .. } => 500,
+            AdminError::Store(_) | AdminError::Io { .. } | AdminError::Archive(_) => 500,
         }
     }
 }

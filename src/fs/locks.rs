@@ -1,5 +1,6 @@
 //! Lock files in `locks_dir/PARTY/`: one push (or copy for readers) of a replica at a time, a party's sync slots, a
-//! party's quota. Each is an flock on a file, waited for by polling until a deadline, released when dropped.
+//! party's quota. Each is an flock on a file, waited for by polling until a deadline, released when dropped. And one
+//! in `state_dir`: the service's, which keeps `evosync restore` and a running service apart.
 
 use crate::fs::sys;
 use std::fs::File;
@@ -80,6 +81,31 @@ pub fn first_free(paths: &[PathBuf], deadline: Instant) -> Result<Option<Held>, 
     }
 }
 
+/// `state_dir/serve.lock`: every `evosync serve` holds it shared for as long as it runs, and `evosync restore` holds
+/// it exclusively while it swaps the store. The kernel lets go of an flock when its process ends however it ends, so
+/// the lock says whether a service runs, never what a stale file or a guess would.
+pub const SERVICE_LOCK: &str = "serve.lock";
+
+/// The service's hold for its lifetime; `None` while a restore holds the lock.
+pub fn service_running(state_dir: &Path) -> Result<Option<Held>, LockFileError> {
+    service_lock(state_dir, sys::try_lock_shared)
+}
+
+/// A restore's hold, which no service can share; `None` while a service runs.
+pub fn service_stopped(state_dir: &Path) -> Result<Option<Held>, LockFileError> {
+    service_lock(state_dir, sys::try_lock_exclusive)
+}
+
+fn service_lock(
+    state_dir: &Path,
+    lock: fn(File) -> std::io::Result<Option<nix::fcntl::Flock<File>>>,
+) -> Result<Option<Held>, LockFileError> {
+    let path = state_dir.join(SERVICE_LOCK);
+    let failed = |source| LockFileError { path: path.clone(), source };
+    let file = open_lock_file(&path).map_err(failed)?;
+    Ok(lock(file).map_err(failed)?.map(|lock| Held { _lock: lock }))
+}
+
 /// A lock file, made when missing (group-writable, for the gates of per-party accounts and the service alike); one
 /// that another account made and this one may not write is opened to read, which is all `flock` needs.
 fn open_lock_file(path: &Path) -> std::io::Result<File> {
@@ -87,5 +113,23 @@ fn open_lock_file(path: &Path) -> std::io::Result<File> {
     match std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o660).open(path) {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => File::open(path),
         opened => opened,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_share_the_lock_and_a_restore_excludes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = service_running(dir.path()).unwrap().expect("a service starts");
+        let second = service_running(dir.path()).unwrap().expect("two services may run on one state_dir");
+        assert!(service_stopped(dir.path()).unwrap().is_none(), "no restore while a service runs");
+        drop((first, second));
+        let restoring = service_stopped(dir.path()).unwrap().expect("a restore once no service runs");
+        assert!(service_running(dir.path()).unwrap().is_none(), "no service starts during a restore");
+        drop(restoring);
+        assert!(service_running(dir.path()).unwrap().is_some());
     }
 }

@@ -124,6 +124,15 @@ pub fn try_lock_exclusive(file: File) -> std::io::Result<Option<nix::fcntl::Floc
     }
 }
 
+/// Takes a shared flock on `file` without waiting; `Ok(None)` when another process holds it exclusively.
+pub fn try_lock_shared(file: File) -> std::io::Result<Option<nix::fcntl::Flock<File>>> {
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
 /// Waits for an exclusive flock on `file`.
 pub fn lock_exclusive(file: File) -> std::io::Result<nix::fcntl::Flock<File>> {
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e.into())

@@ -59,6 +59,10 @@ pub enum ServeError {
     Catalog(#[from] crate::catalog::home::HomeError),
     #[error("the catalog's pipeline cannot start: {0}")]
     Pipeline(#[from] crate::catalog::pipeline::PipelineError),
+    #[error("cannot take the service's lock in state_dir: {0}")]
+    Lock(#[from] crate::fs::locks::LockFileError),
+    #[error("`evosync restore` is putting a backup in the store's place (it holds {0}); start the service when it has ended")]
+    Restoring(String),
 }
 
 /// Every route of the service. With `metrics_listen` set, `/metrics` is left out here (404) and served by
@@ -125,6 +129,10 @@ const SHUTDOWN_GRACE: std::time::Duration = listen::SHUTDOWN_GRACE;
 
 /// Runs the service until SIGTERM or SIGINT.
 pub fn serve(config: Config, config_path: PathBuf) -> Result<(), ServeError> {
+    // Held until the service ends: `evosync restore` refuses while it is held, and holds it while it works.
+    let _running = crate::fs::locks::service_running(&config.state_dir)?.ok_or_else(|| {
+        ServeError::Restoring(config.state_dir.join(crate::fs::locks::SERVICE_LOCK).display().to_string())
+    })?;
     // Fail early, before binding, when the store or the catalog cannot be opened or the certificate cannot be used.
     Store::open(&config.store_path())?;
     undo_interrupted_admin_actions(&config, &config_path);

@@ -1,11 +1,15 @@
 //! The audit trail: every admin action and gate decision, hash-chained with SHA-256 so an edit or a deletion shows.
+//! The chain starts at the genesis hash, or, once older records have been archived (`audit_archive`), at the newest
+//! seal: the hash of the last archived record.
 
+use super::audit_archive::{self, Seal};
 use super::{Result, Store};
 use crate::time::now;
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The `prev_hash` of record 1.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// An audit record before it is chained.
 #[derive(Debug, Clone, Default)]
@@ -18,7 +22,8 @@ pub struct AuditEntry<'a> {
     pub detail: &'a str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at: i64,
@@ -44,50 +49,11 @@ impl Store {
     /// it, and stands or falls with the change it records.
     pub fn append_audit(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
         if !self.conn.is_autocommit() {
-            return self.chain_record(entry);
+            return append_in(&self.conn, entry);
         }
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
-        let record = self.chain_record(entry)?;
+        let record = append_in(&tx, entry)?;
         tx.commit()?;
-        Ok(record)
-    }
-
-    /// Links and inserts one record; the caller holds the write lock.
-    fn chain_record(&self, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
-        let (last_seq, prev_hash): (i64, String) = self
-            .conn
-            .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?
-            .unwrap_or((0, GENESIS.to_owned()));
-        let mut record = AuditRecord {
-            seq: last_seq + 1,
-            at: now(),
-            actor: entry.actor.to_owned(),
-            action: entry.action.to_owned(),
-            party: entry.party.to_owned(),
-            subject: entry.subject.to_owned(),
-            outcome: entry.outcome.to_owned(),
-            detail: entry.detail.to_owned(),
-            prev_hash,
-            hash: String::new(),
-        };
-        record.hash = chain_hash(&record);
-        self.conn.execute(
-            "INSERT INTO audit (seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            params![
-                record.seq,
-                record.at,
-                record.actor,
-                record.action,
-                record.party,
-                record.subject,
-                record.outcome,
-                record.detail,
-                record.prev_hash,
-                record.hash
-            ],
-        )?;
         Ok(record)
     }
 
@@ -101,13 +67,25 @@ impl Store {
         Ok(rows)
     }
 
-    /// Walks the chain and reports the first record whose link or hash does not hold.
+    /// Walks the chain from its start (the genesis hash, or the newest seal) and reports the first record whose link
+    /// or hash does not hold; a seal that does not hold, or whose record is missing, breaks it too.
     pub fn verify_audit(&self) -> Result<ChainCheck> {
+        let seals = self.audit_seals()?;
+        if let Some(broken) = audit_archive::check_seals(&seals) {
+            return Ok(broken);
+        }
+        let newest = seals.last();
+        let (mut expected_prev, mut expected_seq) = match newest {
+            Some(seal) => (seal.last_hash.clone(), seal.last_seq + 1),
+            None => (GENESIS.to_owned(), 1),
+        };
+        // The record `audit archive` wrote with the newest seal, in the same transaction.
+        let mut sealed_by_record = newest.is_none();
         let mut statement = self.conn.prepare(
             "SELECT seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash FROM audit ORDER BY seq",
         )?;
         let mut rows = statement.query([])?;
-        let (mut expected_prev, mut expected_seq, mut count) = (GENESIS.to_owned(), 1i64, 0u64);
+        let mut count = 0u64;
         while let Some(row) = rows.next()? {
             let record = audit_row(row)?;
             let broken = |reason: &str| Ok(ChainCheck::Broken { seq: record.seq, reason: reason.to_owned() });
@@ -115,26 +93,99 @@ impl Store {
                 return broken(&format!("record {expected_seq} is missing"));
             }
             if record.prev_hash != expected_prev {
-                return broken("its prev_hash is not the hash of the record before");
+                return match (count, newest) {
+                    (0, Some(seal)) => broken(&format!(
+                        "its prev_hash is not the hash of the last archived record that the seal of records {}-{} \
+                         names (the seal or the record was edited)",
+                        seal.first_seq, seal.last_seq
+                    )),
+                    _ => broken("its prev_hash is not the hash of the record before"),
+                };
             }
             if chain_hash(&record) != record.hash {
                 return broken("its contents do not match its hash (edited)");
+            }
+            if !sealed_by_record && newest.is_some_and(|seal| audit_archive::is_seal_record(&record, seal)) {
+                sealed_by_record = true;
             }
             expected_prev = record.hash;
             expected_seq += 1;
             count += 1;
         }
+        if let (false, Some(seal)) = (sealed_by_record, newest) {
+            return Ok(ChainCheck::Broken {
+                seq: seal.last_seq + 1,
+                reason: format!(
+                    "no audit.archive record names the seal of records {}-{} (a seal written outside `evosync audit \
+                     archive`)",
+                    seal.first_seq, seal.last_seq
+                ),
+            });
+        }
         Ok(ChainCheck::Intact { records: count })
+    }
+
+    /// The oldest record still in the store (1 until records are archived; 0 for an empty trail).
+    pub fn first_audit_seq(&self) -> Result<i64> {
+        Ok(self.conn.query_row("SELECT coalesce(min(seq), 0) FROM audit", [], |r| r.get(0))?)
+    }
+
+    /// Every seal, oldest first; the newest is where the chain in the store starts.
+    pub fn audit_seals(&self) -> Result<Vec<Seal>> {
+        audit_archive::seals(&self.conn)
     }
 }
 
+/// Appends one record inside the caller's write transaction.
+pub(super) fn append_in(conn: &Connection, entry: &AuditEntry<'_>) -> Result<AuditRecord> {
+    let last: Option<(i64, String)> = conn
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (last_seq, prev_hash) = match last {
+        Some(last) => last,
+        // Every record archived: the chain goes on from the newest seal.
+        None => match audit_archive::seals(conn)?.pop() {
+            Some(seal) => (seal.last_seq, seal.last_hash),
+            None => (0, GENESIS.to_owned()),
+        },
+    };
+    let mut record = AuditRecord {
+        seq: last_seq + 1,
+        at: now(),
+        actor: entry.actor.to_owned(),
+        action: entry.action.to_owned(),
+        party: entry.party.to_owned(),
+        subject: entry.subject.to_owned(),
+        outcome: entry.outcome.to_owned(),
+        detail: entry.detail.to_owned(),
+        prev_hash,
+        hash: String::new(),
+    };
+    record.hash = chain_hash(&record);
+    conn.execute(
+        "INSERT INTO audit (seq, at, actor, action, party, subject, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            record.seq,
+            record.at,
+            record.actor,
+            record.action,
+            record.party,
+            record.subject,
+            record.outcome,
+            record.detail,
+            record.prev_hash,
+            record.hash
+        ],
+    )?;
+    Ok(record)
+}
+
 /// SHA-256 over the previous hash and every field, each length-prefixed so no two records hash alike by accident.
-fn chain_hash(record: &AuditRecord) -> String {
-    let mut hasher = Sha256::new();
-    let seq = record.seq.to_string();
-    let at = record.at.to_string();
-    for field in [
-        record.prev_hash.as_str(),
+pub(super) fn chain_hash(record: &AuditRecord) -> String {
+    let (seq, at) = (record.seq.to_string(), record.at.to_string());
+    hash_fields(&[
+        &record.prev_hash,
         &seq,
         &at,
         &record.actor,
@@ -143,7 +194,13 @@ fn chain_hash(record: &AuditRecord) -> String {
         &record.subject,
         &record.outcome,
         &record.detail,
-    ] {
+    ])
+}
+
+/// SHA-256 over `fields`, each prefixed with its length.
+pub(super) fn hash_fields(fields: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for field in fields {
         hasher.update((field.len() as u64).to_be_bytes());
         hasher.update(field.as_bytes());
     }

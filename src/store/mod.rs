@@ -1,10 +1,14 @@
 //! The state store: SQLite at `state_dir/state.db` (WAL, foreign keys, a busy timeout, migrations by
 //! `user_version`). This file opens and migrates it; each table group has a file of its own: `parties`, `keys`
 //! (SSH keys, API keys, admin tokens), `runs` (runs and their analysis files), `ledger` (the pushes the gate ran)
-//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision), `intents` (admin actions
-//! under way, and what undoes them); `dashboard` reads summaries of them for the dashboard.
+//! and `audit_chain` (the SHA-256 hash-chained trail of every admin action and gate decision), with `audit_archive`
+//! (old records sealed into a file); `intents` (admin actions under way, and what undoes them); `dashboard` reads
+//! summaries of them for the dashboard; `backup` copies the store while it is in use and checks a file that is to
+//! become the store.
 
+mod audit_archive;
 mod audit_chain;
+mod backup;
 mod dashboard;
 mod intents;
 mod jobs;
@@ -14,7 +18,11 @@ mod parties;
 mod runs;
 mod verifications;
 
-pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck};
+pub use audit_archive::{
+    verify_archive, ArchiveCheck, ArchiveError, ArchiveHeader, ArchivePlan, Seal, ARCHIVE_ACTION, ARCHIVE_FORMAT,
+};
+pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck, GENESIS};
+pub use backup::{check_candidate, fold_wal, CandidateError, Counts, Summary};
 pub use dashboard::{HourlyPushes, HourlyUploads, PushRecord};
 pub use intents::{Intent, IntentRecord, MadeFile, Undo};
 pub use jobs::{Job, JobState};
@@ -192,6 +200,20 @@ CREATE TABLE admin_intents (
     undo     TEXT NOT NULL
 );
 "#,
+    // The audit trail's seals (`audit_archive`): each archive of old records leaves one, and the chain in the store
+    // starts at the newest.
+    r#"
+CREATE TABLE audit_seals (
+    id              INTEGER PRIMARY KEY,
+    first_seq       INTEGER NOT NULL,
+    last_seq        INTEGER NOT NULL,
+    last_hash       TEXT NOT NULL,
+    archive_sha256  TEXT NOT NULL,
+    archive         TEXT NOT NULL,
+    sealed_at       INTEGER NOT NULL,
+    hash            TEXT NOT NULL
+);
+"#,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +238,8 @@ pub enum StoreError {
     NoSuchAdminToken(String),
     #[error("run '{run}' belongs to another party")]
     RunOwned { run: String, owner: String },
+    #[error("the state store stayed busy: {0}")]
+    Busy(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -532,3 +532,21 @@ async fn the_audit_follower_runs_only_while_a_page_watches() {
     let _watching = feed.subscribe(&rig.state);
     assert!(feed.following.load(Ordering::Acquire));
 }
+
+#[tokio::test]
+async fn the_audit_page_checks_the_chain_from_its_seal_after_an_archive() {
+    use sha2::Digest;
+    let rig = Rig::new();
+    let (cookie, _) = rig.session().await;
+    let store = rig.store();
+    let plan = store.plan_audit_archive(crate::time::now() + 10).unwrap();
+    let mut archive = Vec::new();
+    store.write_audit_archive(&plan, &mut archive).unwrap();
+    let sha = crate::time::hex(&sha2::Sha256::digest(&archive));
+    store.seal_audit_archive(&plan, &sha, "audit-1.jsonl", "cli:root").unwrap();
+    let audit = rig.call("GET", "/dashboard/audit", &[("cookie", &cookie)], "").await;
+    assert!(audit.body.contains("The hash chain is intact: 1 records"), "{}", audit.body);
+    assert!(audit.body.contains(&format!("from the seal of records 1-{}", plan.last_seq)), "{}", audit.body);
+    assert!(audit.body.contains(&sha) && audit.body.contains("audit.archive"));
+    assert!(!audit.body.contains("older"), "nothing older is left in the store to page to");
+}

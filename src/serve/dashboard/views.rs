@@ -688,14 +688,26 @@ pub async fn audit(session: SignedIn, State(state): State<Shared>, uri: Uri) -> 
     let _checking = state.dashboard.chain_check.lock().await;
     let page_data = blocking(&state, move |_, store| {
         let check = store.verify_audit()?;
-        let (intact, check) = match check {
-            ChainCheck::Intact { records } => (true, format!("The hash chain is intact: {records} records.")),
-            ChainCheck::Broken { seq, reason } => {
+        let seal = store.audit_seals()?.pop();
+        let (intact, check) = match (check, seal) {
+            (ChainCheck::Intact { records }, None) => (true, format!("The hash chain is intact: {records} records.")),
+            (ChainCheck::Intact { records }, Some(seal)) => (
+                true,
+                format!(
+                    "The hash chain is intact: {records} records, from the seal of records {}-{} (archived {}, \
+                     archive SHA-256 {}).",
+                    seal.first_seq,
+                    seal.last_seq,
+                    when(seal.sealed_at),
+                    seal.archive_sha256
+                ),
+            ),
+            (ChainCheck::Broken { seq, reason }, _) => {
                 (false, format!("The hash chain breaks at record {seq}: {reason}. Nothing after it can be trusted."))
             }
         };
         let records = store.audit_newest_first(audit_query.before, AUDIT_PER_PAGE)?;
-        let last = store.last_audit_seq()?;
+        let (first, last) = (store.first_audit_seq()?, store.last_audit_seq()?);
         let newest = records.first().map(|r| r.seq);
         let oldest = records.last().map(|r| r.seq);
         Ok(AuditPage {
@@ -705,7 +717,7 @@ pub async fn audit(session: SignedIn, State(state): State<Shared>, uri: Uri) -> 
             newer: newest
                 .filter(|seq| *seq < last)
                 .map(|seq| format!("/dashboard/audit?before={}", seq + 1 + i64::from(AUDIT_PER_PAGE))),
-            older: oldest.filter(|seq| *seq > 1).map(|seq| format!("/dashboard/audit?before={seq}")),
+            older: oldest.filter(|seq| *seq > first).map(|seq| format!("/dashboard/audit?before={seq}")),
             records: records
                 .into_iter()
                 .map(|r| AuditRow {
