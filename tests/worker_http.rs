@@ -155,8 +155,8 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
     line[start..].split(' ').next().unwrap()
 }
 
-fn analysis_files(central: &Central, party: &str, run: &str) -> Vec<String> {
-    let dir: PathBuf = central.dir.path().join("replicas").join(party).join(run).join("analysisResults");
+fn analysis_files(central: &Central, _party: &str, run: &str) -> Vec<String> {
+    let dir: PathBuf = common::home_of(central.dir.path(), run).join("analysisResults");
     std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
 }
 
