@@ -136,18 +136,22 @@ for db in genomes features; do
   echo "$db: origin rows|bytes $origin, replica $replica, integrity $check"
   [ "$origin" = "$replica" ] && [ "$check" = ok ]
 done
+# Analysis files live in the run's home in the catalog: published, or held back until its databases passed.
+home="$demo/catalog/$run_name"
+[ -d "$home" ] || home="$demo/catalog-verified/$run_name"
 for file in "$local_run"/analysisResults/*.json.gz "$local_run"/analysisResults/trees/*.json.gz; do
-  cmp -s "$file" "$demo/replicas/demo/$run_name/${file#"$local_run"/}"
+  cmp -s "$file" "$home/${file#"$local_run"/}"
 done
-echo "analysis files: all identical on the central"
+echo "analysis files: all identical on the central, in $home"
 run curl -fsS "$api/status/$run_name" -H "X-Sync-API-Key: $api_key"; echo
 run curl -fsS "http://127.0.0.1:$http_port/admin/runs" -H "Authorization: Bearer $admin_token"; echo
 run "$evosync" --config "$cfg" audit verify
 
 say "a reader: kromosynth-evoruns' way (better-sqlite3, readonly, journal_mode WAL) as evosync-reader, rooted at the catalog"
-# The service brings the readers' copy up to date after the worker's client has gone: wait for the second genomes copy.
+# The service checks and copies each push after the worker's client has gone: wait until no job is left.
 for _ in $(seq 300); do
-  [ "$(grep -c 'event=copy .*database=genomes.sqlite .*outcome=made' "$demo/serve.log")" -ge 2 ] && break
+  [ "$(sqlite3 "file:$demo/state/state.db?mode=ro" 'SELECT count(*) FROM catalog_jobs')" = 0 ] &&
+    [ -d "$demo/catalog/$run_name" ] && break
   sleep 0.1
 done
 grep 'event=copy ' "$demo/serve.log"

@@ -478,3 +478,68 @@ fn another_partys_run_is_out_of_reach() {
     assert_eq!(common::db_digest(&beta_replica), beta_before);
     assert_eq!(common::db_digest(&central.replica(RUN, "genomes.sqlite")), common::db_digest(&genomes));
 }
+
+/// The sqlite3_rsync processes (by their first argument) working in `folder` now.
+fn syncs_in(folder: &Path) -> Vec<i32> {
+    let Ok(canonical) = std::fs::canonicalize(folder) else { return Vec::new() };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let working = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+            cmdline.windows(b"--replica".len()).any(|w| w == b"--replica") && working.as_deref() == Some(&canonical)
+        })
+        .collect()
+}
+
+/// Issue 18, row 5: the central's sqlite3_rsync killed mid-push. The worker reads why (one `ERROR: evosync-gate: …`
+/// line), and the replica reads as its last complete push left it, to a read-only opener too.
+#[test]
+fn a_sync_killed_on_the_central_says_why_and_leaves_the_replica_readable() {
+    let central = Central::start("killed-child", "push: true\ncreate_runs: true\nlimits:\n  max_sync_seconds: 120\n");
+    let genomes = central.worker_db("genomes.sqlite");
+    common::make_db(&genomes, "genomes", 200, 2000);
+    let target = format!("/{RUN}/genomes.sqlite");
+    assert_ok(&central.push(&genomes, &target, &[]), "first push");
+    let replica = central.replica(RUN, "genomes.sqlite");
+    let before = common::db_digest(&replica);
+    common::insert_rows(&genomes, "genomes", 15_000, 2000);
+    let folder = replica.parent().unwrap().to_owned();
+    let killer = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if let Some(&pid) = syncs_in(&folder).first() {
+                // Let it write a while, then kill it mid-push.
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    });
+    let output = central.push(&genomes, &target, &[]);
+    assert!(killer.join().unwrap(), "the sync was seen and killed");
+    let said = text(&output);
+    assert!(!output.status.success(), "{said}");
+    assert!(
+        said.contains("ERROR: evosync-gate: the sync process on the central host was killed (SIGKILL"),
+        "the worker reads why: {said}"
+    );
+    assert!(central.audit().contains("exit=signal-9"), "{}", central.audit());
+    // Settled: no hot log for a read-only opener to trip over; its content is the last complete push's.
+    let wal = replica.with_file_name("genomes.sqlite-wal");
+    assert_eq!(std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0), 0, "the log was folded in");
+    let read_only = rusqlite::Connection::open_with_flags(
+        format!("file:{}?mode=ro", replica.display()),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
+    let check: String = read_only.query_row("PRAGMA quick_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    drop(read_only);
+    assert_eq!(common::db_digest(&replica), before, "the previous push's content");
+    assert_ok(&central.push(&genomes, &target, &[]), "the next push");
+    assert_eq!(common::db_digest(&replica), common::db_digest(&genomes));
+}

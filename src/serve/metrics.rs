@@ -97,5 +97,8 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
         state.auth.verifier.slow_hashes()
     );
     super::tunnel::render_open(&state, &mut body);
+    if let Some(pipeline) = state.pipeline.get() {
+        let _ = writeln!(body, "# TYPE evosync_catalog_queue gauge\nevosync_catalog_queue {}", pipeline.queue_length());
+    }
     ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"))], body).into_response()
 }
