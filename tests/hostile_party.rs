@@ -69,6 +69,9 @@ impl Central {
         }
         if !per_party {
             common::chown_to(&replicas, "evosync");
+        } else {
+            // The socket's folder is the service's, as systemd's RuntimeDirectory=evosync makes /run/evosync.
+            common::chown_to(&root.join("run"), "evosync");
         }
         let (ok, issued, said) = evosync_json(&config, &["api-key", "issue", "acme"]);
         assert!(ok, "api-key issue: {said}");

@@ -16,17 +16,24 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `evosync serve` for `config` (whose `listen` must name `port`) and waits until it answers. Its log
-    /// lines go to `serve.log` beside the config (see `log`).
+    /// Starts `evosync serve` for `config` (whose `listen` must name `port`) as the `evosync` account with that
+    /// account's groups, as `systemd/evosync.service` runs it, and waits until it answers. Its log lines go to
+    /// `serve-PORT.log` beside the config (see `log`).
     pub fn start(config: &Path, port: u16) -> Service {
-        Service::launch(config, port, Command::new(env!("CARGO_BIN_EXE_evosync")))
+        Service::start_as_service_account(config, port)
     }
 
-    /// Runs it as the `evosync` account with that account's groups, as `systemd/evosync.service` does.
+    /// As `start`: the service as its own account.
     pub fn start_as_service_account(config: &Path, port: u16) -> Service {
         let mut command = Command::new("setpriv");
         command.args(["--reuid=evosync", "--regid=evosync", "--init-groups", env!("CARGO_BIN_EXE_evosync")]);
         Service::launch(config, port, command)
+    }
+
+    /// As root, which no deployment does: for a test that needs it, saying why in `why`.
+    pub fn start_as_root(config: &Path, port: u16, why: &str) -> Service {
+        assert!(!why.is_empty(), "say why this test runs the service as root");
+        Service::launch(config, port, Command::new(env!("CARGO_BIN_EXE_evosync")))
     }
 
     /// As `start_as_service_account`, with `env` set for the service too (`EVOSYNC_TEST_KILL_AT`, say).
