@@ -87,8 +87,12 @@ fn main() {
         std::hint::black_box(store.ssh_key_with_party("k1").expect("lookup"));
     });
     let append = median_of(500, || {
-        let entry =
-            evosync::store::AuditEntry { actor: "bench", action: "gate", outcome: "refuse", ..Default::default() };
+        let entry = evosync::store::AuditEntry {
+            actor: "bench",
+            action: evosync::store::AuditAction::Gate,
+            outcome: "refuse",
+            ..Default::default()
+        };
         std::hint::black_box(store.append_audit(&entry).expect("audit"));
     });
     drop(store);

@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench store_growth [-- --audit 200000 --files 200000 --pushes 100000]`.
 
-use evosync::store::{AuditEntry, FileRecord, LedgerRow, Store, Transport};
+use evosync::store::{AuditAction, AuditEntry, FileRecord, LedgerRow, Store, Transport};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ fn main() {
     let started = Instant::now();
     for n in 0..audit_rows {
         let entry = audit_entry(n);
-        payload += [entry.actor, entry.action, entry.party, entry.subject, entry.outcome, entry.detail]
+        payload += [entry.actor, entry.action.name(), entry.party, entry.subject, entry.outcome, entry.detail]
             .iter()
             .map(|f| f.len() as u64)
             .sum::<u64>()
@@ -217,7 +217,7 @@ fn audit_entry(n: u64) -> AuditEntry<'static> {
     match n % 100 {
         k if k % 20 == 19 => AuditEntry {
             actor: gate,
-            action: "gate",
+            action: AuditAction::Gate,
             party: "acme",
             subject,
             outcome: "refuse:run-name",
@@ -225,19 +225,40 @@ fn audit_entry(n: u64) -> AuditEntry<'static> {
         },
         49 | 99 => AuditEntry {
             actor: "http:admin:3c0ffee5d00dfeed",
-            action: "api-key.issue",
+            action: AuditAction::ApiKeyIssue,
             party: "acme",
             subject: "9d2e4b7a1c3f5e60",
             outcome: "ok",
             detail: "worker-7",
         },
         k => match k % 4 {
-            0 => AuditEntry { actor: gate, action: "gate", party: "acme", subject, outcome: "allow", detail: "exists" },
-            1 => AuditEntry { actor: gate, action: "gate", party: "acme", subject, outcome: "allow", detail: SANDBOX },
-            2 => AuditEntry { actor: gate, action: "gate", party: "acme", subject, outcome: "done:0", detail: "" },
+            0 => AuditEntry {
+                actor: gate,
+                action: AuditAction::Gate,
+                party: "acme",
+                subject,
+                outcome: "allow",
+                detail: "exists",
+            },
+            1 => AuditEntry {
+                actor: gate,
+                action: AuditAction::Gate,
+                party: "acme",
+                subject,
+                outcome: "allow",
+                detail: SANDBOX,
+            },
+            2 => AuditEntry {
+                actor: gate,
+                action: AuditAction::Gate,
+                party: "acme",
+                subject,
+                outcome: "done:0",
+                detail: "",
+            },
             _ => AuditEntry {
                 actor: "serve:catalog",
-                action: "verify",
+                action: AuditAction::Verify,
                 party: "acme",
                 subject,
                 outcome: "ok",

@@ -273,8 +273,8 @@ fn row_2_enable_disable_and_key_revoke_work_with_the_service_as_its_own_account(
     for expected in [
         (format!("dashboard:{session}"), "party.disable"),
         (format!("dashboard:{session}"), "party.enable"),
-        ("http:admin".into(), "ssh-key.revoke"),
-        ("http:admin".into(), "authorized-keys.write"),
+        (format!("http:admin:{session}"), "ssh-key.revoke"),
+        (format!("http:admin:{session}"), "authorized-keys.write"),
     ] {
         assert!(actions.contains(&(expected.0.clone(), expected.1.into())), "{expected:?} in {actions:?}");
     }
@@ -302,7 +302,7 @@ fn row_3_party_add_over_the_api_works_with_the_service_as_its_own_account() {
     assert!(central
         .audit()
         .iter()
-        .any(|(actor, action, party, _)| actor == "http:admin" && action == "party.add" && party == "beta"));
+        .any(|(actor, action, party, _)| actor.starts_with("http:admin:") && action == "party.add" && party == "beta"));
     let body = serde_json::json!({ "party": "beta", "public_key": public_key(1) }).to_string();
     let (status, added) = central.api("POST", "/admin/ssh-keys", &body).unwrap();
     assert_eq!(status, 201, "{added}");
@@ -631,7 +631,7 @@ fn assert_whole(central: &Central, asked: &[Asked]) {
 
     // What was asked over HTTP: each 2xx there; no more records than requests.
     let http: Vec<&(String, String, String, String)> =
-        audit.iter().filter(|(actor, ..)| actor == "http:admin").collect();
+        audit.iter().filter(|(actor, ..)| actor.starts_with("http:admin:")).collect();
     let mut asked_count: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     let mut ok_count: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for a in asked {

@@ -258,6 +258,16 @@ fn hostile_databases_are_refused_with_their_reason_never_published_and_the_reade
         .query_row("SELECT count(*) FROM audit WHERE action = 'withdraw' AND subject = ?1", [good_run], |r| r.get(0))
         .unwrap();
     assert_eq!(withdrawals, 1);
+    // The re-verification is recorded once its verdicts are in, under the admin token that asked for it.
+    let (actor, outcome, detail): (String, String, String) = audit
+        .query_row(
+            "SELECT actor, outcome, detail FROM audit WHERE action = 'run.verify' AND subject = ?1",
+            [good_run],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert!(actor.starts_with("http:admin:") && actor.len() > "http:admin:".len(), "{actor}");
+    assert_eq!((outcome.as_str(), detail.as_str()), ("ok", "genomes.sqlite: ok"));
 
     // A reader holding its connection while a push swaps `genomes` for a recursive-CTE view: the push is refused
     // and the reader, which reads the verified copy, never sees it: it keeps answering from the last verified rows.

@@ -22,6 +22,7 @@
 
 use super::authorized_keys::FileLock;
 use super::{io, Admin, AdminError, Result};
+use crate::store::AuditAction;
 use crate::store::{Intent, IntentRecord, Undo};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -127,7 +128,7 @@ impl Admin<'_> {
             let undone = self.undo_files(&intent.undo, None).and_then(|done| {
                 self.store.immediate(|| {
                     let detail = format!("{} by {} was interrupted; undone: {done}", intent.action, intent.actor);
-                    self.audit("admin.undo", &intent.party, &intent.subject, &detail)?;
+                    self.audit(AuditAction::AdminUndo, &intent.party, &intent.subject, &detail)?;
                     self.store.end_intent(intent.id)?;
                     Ok(())
                 })

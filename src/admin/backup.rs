@@ -10,6 +10,7 @@ use super::{io, Admin, AdminError, Result, StoreHandle};
 use crate::config::Config;
 use crate::fs::landing::PendingFile;
 use crate::fs::{locks, sys};
+use crate::store::AuditAction;
 use crate::store::{check_candidate, Store, Summary, STORE_FILE};
 use crate::time::{now, rfc3339};
 use serde::Serialize;
@@ -81,7 +82,7 @@ pub fn backup(config: &Config, config_path: &Path, file: &Path, actor: String) -
     let admin = Admin::with_store(config, config_path.to_owned(), StoreHandle::Owned(store), actor);
     let last_seq = holds.last_audit.as_ref().map_or(0, |r| r.seq);
     let detail = format!("sha256={sha256} bytes={bytes} last_audit={last_seq} last_ledger={}", holds.last_ledger_id);
-    admin.record("store.backup", "", &file.display().to_string(), &detail)?;
+    admin.record(AuditAction::StoreBackup, "", &file.display().to_string(), "ok", &detail)?;
     Ok(BackupReport { file: file.to_owned(), bytes, sha256, taken_at, holds })
 }
 
@@ -153,7 +154,7 @@ pub fn restore(config: &Config, config_path: &Path, file: &Path, actor: String) 
         "sha256={sha256} replaced={}",
         replaced.as_ref().map_or_else(|| "none".to_owned(), |p| p.display().to_string())
     );
-    admin.record("store.restore", "", &file.display().to_string(), &detail)?;
+    admin.record(AuditAction::StoreRestore, "", &file.display().to_string(), "ok", &detail)?;
     let authorized_keys_lines = admin.sync_authorized_keys()?;
     drop(admin);
     settle_store_files(&store_path)?;

@@ -20,7 +20,8 @@ use crate::keys::{self, authorized_keys_line, KeyLine};
 use crate::names::is_party_name;
 use crate::secrets::{self, ADMIN_TOKEN_PREFIX, API_KEY_PREFIX};
 use crate::store::{
-    self, AdminToken, ApiKey, AuditEntry, Intent, LedgerRow, MadeFile, Party, SshKey, Store, StoreError, Undo,
+    self, AdminToken, ApiKey, AuditAction, AuditEntry, Intent, LedgerRow, MadeFile, Party, SshKey, Store, StoreError,
+    StoreErrorKind, Undo,
 };
 use crate::time::{new_id, now, parse_date};
 use atomic::{kill_point, step};
@@ -54,21 +55,18 @@ impl AdminError {
     /// The HTTP status that fits: the caller's mistake (4xx) or the host's (5xx).
     pub fn status(&self) -> u16 {
         match self {
-            AdminError::Store(
-                StoreError::NoSuchParty(_)
-                | StoreError::NoSuchSshKey(_)
-                | StoreError::NoSuchApiKey(_)
-                | StoreError::NoSuchAdminToken(_),
-            ) => 404,
+            AdminError::Store(error) => match error.kind() {
+                StoreErrorKind::NotFound => 404,
+                StoreErrorKind::Conflict => 409,
+                StoreErrorKind::Busy => 503,
+                StoreErrorKind::Broken => 500,
+            },
             AdminError::NotFound(_) => 404,
-            AdminError::Store(
-                StoreError::PartyExists(_) | StoreError::KeyRegistered { .. } | StoreError::RunOwned { .. },
-            ) => 409,
             AdminError::Key(_) | AdminError::Invalid(_) | AdminError::Archive(store::ArchiveError::Nothing(_)) => 400,
             AdminError::NeedsRoot(_) => 403,
             AdminError::Archive(store::ArchiveError::Broken { .. } | store::ArchiveError::Changed(_)) => 409,
             AdminError::Busy(_) => 503,
-            AdminError::Store(_) | AdminError::Io { .. } | AdminError::Archive(_) => 500,
+            AdminError::Io { .. } | AdminError::Archive(_) => 500,
         }
     }
 }
@@ -220,14 +218,15 @@ impl<'a> Admin<'a> {
         Admin { config, config_path, store, actor }
     }
 
-    fn audit(&self, action: &str, party: &str, subject: &str, detail: &str) -> Result<()> {
-        self.store.append_audit(&AuditEntry { actor: &self.actor, action, party, subject, outcome: "ok", detail })?;
-        Ok(())
+    fn audit(&self, action: AuditAction, party: &str, subject: &str, detail: &str) -> Result<()> {
+        self.record(action, party, subject, "ok", detail)
     }
 
-    /// Records an action carried out elsewhere on the administrator's behalf (a re-verification, say).
-    pub fn record(&self, action: &str, party: &str, subject: &str, detail: &str) -> Result<()> {
-        self.audit(action, party, subject, detail)
+    /// Records an action carried out elsewhere on the administrator's behalf, once it happened, with its outcome (a
+    /// re-verification: `ok`, or `refuse` with the reason).
+    pub fn record(&self, action: AuditAction, party: &str, subject: &str, outcome: &str, detail: &str) -> Result<()> {
+        self.store.append_audit(&AuditEntry { actor: &self.actor, action, party, subject, outcome, detail })?;
+        Ok(())
     }
 
     // ---- parties ----
@@ -245,13 +244,14 @@ impl<'a> Admin<'a> {
             return Err(StoreError::PartyExists(name.to_owned()).into());
         }
         let plan = self.plan_party(name)?;
-        let intent = Intent { actor: &self.actor, action: "party.add", party: name, subject: name, undo: plan.undo() };
+        let intent =
+            Intent { actor: &self.actor, action: AuditAction::PartyAdd, party: name, subject: name, undo: plan.undo() };
         self.with_intent(intent, None, |id| {
             self.make_party(name, &plan)?;
             kill_point(step::PARTY_FILES);
             self.store.immediate(|| {
                 let party = self.store.add_party(name)?;
-                self.audit("party.add", name, name, "")?;
+                self.audit(AuditAction::PartyAdd, name, name, "")?;
                 self.store.end_intent(id)?;
                 Ok(party)
             })
@@ -412,7 +412,7 @@ impl<'a> Admin<'a> {
                 check.unreadable.len(),
                 check.drift.rebuild.len()
             );
-            self.audit("catalog.repair", "", "", &summary)?;
+            self.audit(AuditAction::CatalogRepair, "", "", &summary)?;
             check.repaired = Some(summary);
         }
         Ok(check)
@@ -437,7 +437,8 @@ impl<'a> Admin<'a> {
     /// check the party on each use.
     pub fn set_party_enabled(&self, name: &str, enabled: bool) -> Result<Party> {
         self.store.require_party(name)?;
-        let (action, verb) = if enabled { ("party.enable", "enable") } else { ("party.disable", "disable") };
+        let (action, verb) =
+            if enabled { (AuditAction::PartyEnable, "enable") } else { (AuditAction::PartyDisable, "disable") };
         self.with_keys_file(action, name, name, &format!("evosync party {verb} {name}"), || {
             let party = self.store.set_party_enabled(name, enabled)?;
             self.audit(action, name, name, "")?;
@@ -450,7 +451,7 @@ impl<'a> Admin<'a> {
     /// named when this process may not write the file.
     fn with_keys_file<T>(
         &self,
-        action: &str,
+        action: AuditAction,
         party: &str,
         subject: &str,
         command: &str,
@@ -507,9 +508,9 @@ impl<'a> Admin<'a> {
             last_used_at: None,
         };
         let command = format!("evosync ssh-key add {party} --public-key FILE");
-        self.with_keys_file("ssh-key.add", party, &key.id, &command, || {
+        self.with_keys_file(AuditAction::SshKeyAdd, party, &key.id, &command, || {
             self.store.add_ssh_key(&key)?;
-            self.audit("ssh-key.add", party, &key.id, &key.fingerprint)?;
+            self.audit(AuditAction::SshKeyAdd, party, &key.id, &key.fingerprint)?;
             Ok(())
         })?;
         let authorized_keys_line = self.line_for(&key);
@@ -529,9 +530,9 @@ impl<'a> Admin<'a> {
             .ssh_key(id_or_fingerprint)?
             .ok_or_else(|| StoreError::NoSuchSshKey(id_or_fingerprint.to_owned()))?;
         let command = format!("evosync ssh-key revoke {}", found.id);
-        self.with_keys_file("ssh-key.revoke", &found.party, &found.id, &command, || {
+        self.with_keys_file(AuditAction::SshKeyRevoke, &found.party, &found.id, &command, || {
             let key = self.store.revoke_ssh_key(&found.id)?;
-            self.audit("ssh-key.revoke", &key.party, &key.id, &key.fingerprint)?;
+            self.audit(AuditAction::SshKeyRevoke, &key.party, &key.id, &key.fingerprint)?;
             Ok(key)
         })
     }
@@ -576,9 +577,9 @@ impl<'a> Admin<'a> {
     /// Writes the managed block from the store, and records that it did.
     pub fn write_authorized_keys(&self) -> Result<usize> {
         self.managed_file()?;
-        self.with_keys_file("authorized-keys.write", "", "", "evosync authorized-keys write", || {
+        self.with_keys_file(AuditAction::AuthorizedKeysWrite, "", "", "evosync authorized-keys write", || {
             let lines = self.authorized_key_lines()?.len();
-            self.audit("authorized-keys.write", "", "", &format!("{lines} lines"))?;
+            self.audit(AuditAction::AuthorizedKeysWrite, "", "", &format!("{lines} lines"))?;
             Ok(lines)
         })
     }
@@ -616,7 +617,7 @@ impl<'a> Admin<'a> {
         let _turn = self.turn()?;
         self.store.immediate(|| {
             self.store.add_api_key(&key)?;
-            self.audit("api-key.issue", party, &key.id, &key.name)
+            self.audit(AuditAction::ApiKeyIssue, party, &key.id, &key.name)
         })?;
         Ok(IssuedApiKey { key, api_key: secret.token })
     }
@@ -632,7 +633,7 @@ impl<'a> Admin<'a> {
         let _turn = self.turn()?;
         self.store.immediate(|| {
             let key = self.store.revoke_api_key(id)?;
-            self.audit("api-key.revoke", &key.party, &key.id, &key.name)?;
+            self.audit(AuditAction::ApiKeyRevoke, &key.party, &key.id, &key.name)?;
             Ok(key)
         })
     }
@@ -691,7 +692,12 @@ impl<'a> Admin<'a> {
         let _turn = self.turn()?;
         self.store.immediate(|| {
             self.store.add_admin_token(&token)?;
-            self.audit("admin-token.issue", "", &token.id, &format!("expires={}", crate::time::rfc3339(expires_at)))
+            self.audit(
+                AuditAction::AdminTokenIssue,
+                "",
+                &token.id,
+                &format!("expires={}", crate::time::rfc3339(expires_at)),
+            )
         })?;
         Ok(IssuedAdminToken { token, admin_token: secret.token })
     }
@@ -705,7 +711,7 @@ impl<'a> Admin<'a> {
         let _turn = self.turn()?;
         self.store.immediate(|| {
             let token = self.store.revoke_admin_token(id)?;
-            self.audit("admin-token.revoke", "", &token.id, &token.name)?;
+            self.audit(AuditAction::AdminTokenRevoke, "", &token.id, &token.name)?;
             Ok(token)
         })
     }
@@ -756,7 +762,7 @@ impl<'a> Admin<'a> {
         self.store.add_admin_token(&token)?;
         let revoked =
             replaced.iter().map(|t| self.store.revoke_admin_token(&t.id)).collect::<store::Result<Vec<_>>>()?;
-        self.audit("admin-token.rotate", "", &token.id, &detail)?;
+        self.audit(AuditAction::AdminTokenRotate, "", &token.id, &detail)?;
         let issued = IssuedAdminToken { token, admin_token: secret.token };
         Ok(RotatedAdminTokens { issued, revoked })
     }

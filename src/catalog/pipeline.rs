@@ -25,7 +25,7 @@ use crate::access::Change;
 use crate::config::Config;
 use crate::fs::{locks, sys};
 use crate::log::{Line, SERVE};
-use crate::store::{AuditEntry, LedgerRow, Store, StoreError, Verification};
+use crate::store::{AuditAction, AuditEntry, LedgerRow, Store, StoreError, Verification};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -383,7 +383,7 @@ fn record(
             if verdict.ok { ("ok", String::new()) } else { ("refuse", verdict.reason.clone().unwrap_or_default()) };
         store.append_audit(&AuditEntry {
             actor: ACTOR,
-            action: "verify",
+            action: AuditAction::Verify,
             party: &replica.party,
             subject: &subject,
             outcome,
@@ -591,7 +591,7 @@ fn refresh(shared: &Arc<Shared>, store: &Store, party: &str, run: &str) -> Resul
     match (&decision.publication, &home) {
         (Publication::Publish(_), Some(home)) if !home.published => {
             homes.publish(run)?;
-            audit_change(store, "publish", &owner.party, run, "")?;
+            audit_change(store, AuditAction::Publish, &owner.party, run, "")?;
             shared.hooks.announce(&CatalogEvent::Published { party: owner.party.clone(), run: run.to_owned() });
         }
         (Publication::Withdraw(_) | Publication::Wait { .. }, Some(home)) => {
@@ -601,7 +601,7 @@ fn refresh(shared: &Arc<Shared>, store: &Store, party: &str, run: &str) -> Resul
             };
             if home.published {
                 homes.withdraw(run)?;
-                audit_change(store, "withdraw", &owner.party, run, &reason)?;
+                audit_change(store, AuditAction::Withdraw, &owner.party, run, &reason)?;
                 let event = CatalogEvent::Withdrawn { party: owner.party.clone(), run: run.to_owned(), reason };
                 shared.hooks.announce(&event);
             }
@@ -637,7 +637,7 @@ fn remove_copies(
     Ok(())
 }
 
-fn audit_change(store: &Store, action: &str, party: &str, run: &str, detail: &str) -> Result<(), StoreError> {
+fn audit_change(store: &Store, action: AuditAction, party: &str, run: &str, detail: &str) -> Result<(), StoreError> {
     store.append_audit(&AuditEntry { actor: ACTOR, action, party, subject: run, outcome: "ok", detail }).map(drop)
 }
 

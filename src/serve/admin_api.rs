@@ -13,14 +13,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-/// Runs `work` with an admin context on a blocking thread; the `AdminCaller` is the proof the token checked out.
+/// Runs `work` with an admin context on a blocking thread; the `AdminCaller` is the proof the token checked out, and
+/// its token id is the actor of every record `work` writes.
 async fn with_admin<T: Send + 'static>(
-    _admin: &AdminCaller,
+    admin: &AdminCaller,
     state: &Shared,
     work: impl FnOnce(&Admin<'_>) -> Result<T, AdminError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    let actor = admin.actor();
     blocking(state, move |state, store| {
-        let admin = Admin::borrowing(&state.config, state.config_path.clone(), store, "http:admin".into());
+        let admin = Admin::borrowing(&state.config, state.config_path.clone(), store, actor);
         Ok(work(&admin)?)
     })
     .await
@@ -185,14 +187,7 @@ pub async fn runs(admin: AdminCaller, State(state): State<Shared>) -> Answer {
 /// Checks a run's replicas again, each under its replica's lock, and publishes or withdraws the run.
 #[utoipa::path(post, path = "/admin/runs/{run}/verify", params(("run" = String, Path)), responses((status = 200, description = "each replica's verdict"), (status = 401), (status = 404)), security(("admin_token" = [])))]
 pub async fn reverify_run(admin: AdminCaller, State(state): State<Shared>, UrlPath(run): UrlPath<String>) -> Answer {
-    let name = run.clone();
-    let party = with_admin(&admin, &state, move |a| {
-        let found = a.store.run(&name)?.ok_or_else(|| AdminError::NotFound(format!("there is no run '{name}'")))?;
-        a.record("run.verify", &found.party, &name, "")?;
-        Ok(found.party)
-    })
-    .await?;
-    let verdicts = super::catalog::reverify(&state, &party, &run).await?;
+    let (party, verdicts) = super::catalog::reverify(&state, admin.actor(), &run).await?;
     let published = crate::catalog::is_published(&state.config, &run);
     ok(serde_json::json!({ "run": run, "party": party, "published": published,
         "verdicts": verdicts.into_iter().map(|(database, v)| serde_json::json!({ "database": database, "ok": v.ok,

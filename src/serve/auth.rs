@@ -37,8 +37,18 @@ pub struct Caller {
     pub policy: Arc<Policy>,
 }
 
-/// The caller of an admin route, once its Bearer token checked out.
-pub struct AdminCaller(());
+/// The caller of an admin route, once its Bearer token checked out: the token's id, which every audit record of
+/// its actions names (`http:admin:ID`, as the dashboard's name `dashboard:ID`).
+pub struct AdminCaller {
+    pub token_id: String,
+}
+
+impl AdminCaller {
+    /// The actor the audit trail records for this caller.
+    pub fn actor(&self) -> String {
+        format!("http:admin:{}", self.token_id)
+    }
+}
 
 /// The service's authentication state: the secret verifier, policies, rate buckets.
 #[derive(Default)]
@@ -78,8 +88,8 @@ impl FromRequestParts<Shared> for AdminCaller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or(ApiError::NoAdminToken)?;
-        admin_token(state, presented, client_address(parts)).await?;
-        Ok(AdminCaller(()))
+        let token = admin_token(state, presented, client_address(parts)).await?;
+        Ok(AdminCaller { token_id: token.id })
     }
 }
 

@@ -214,7 +214,7 @@ async fn ask(state: &Shared, peer: &Peer, request: Request, service_uid: u32) ->
                 let outcome = record.outcome.text();
                 let entry = AuditEntry {
                     actor: &record.actor,
-                    action: "gate",
+                    action: crate::store::AuditAction::Gate,
                     party: &record.party,
                     subject: &record.subject,
                     outcome: &outcome,

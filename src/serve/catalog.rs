@@ -3,13 +3,13 @@
 //! walks that measure each party's usage off the request path.
 
 use super::error::ApiError;
-use super::state::{AppState, Shared};
+use super::state::{blocking, AppState, Shared};
 use crate::access::Change;
 use crate::catalog::inspect::Verdict;
 use crate::catalog::pipeline::{CatalogEvent, Hooks, Pipeline};
 use crate::fs::confine::PartyTree;
 use crate::log::{Line, SERVE};
-use crate::store::Store;
+use crate::store::{AuditAction, AuditEntry, Store};
 use crate::time::{now, rfc3339};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -80,9 +80,53 @@ pub fn stop(state: &AppState) {
     }
 }
 
-/// Checks a run's replicas again (the dashboard's and the admin API's "re-verify"), through the pipeline; returns each
-/// database's verdict once it is in.
-pub async fn reverify(state: &Shared, party: &str, run: &str) -> Result<Vec<(String, Verdict)>, ApiError> {
+/// Checks a run's replicas again (the dashboard's and the admin API's "re-verify"), through the pipeline, and
+/// records it in the audit trail once the verdicts are in, as `actor`: `ok` when every replica passed, `refuse` when
+/// one did not, `error` when the check could not run. Returns the run's party and each database's verdict.
+pub async fn reverify(state: &Shared, actor: String, run: &str) -> Result<(String, Vec<(String, Verdict)>), ApiError> {
+    let name = run.to_owned();
+    let party = blocking(state, move |_, store| {
+        store.run(&name)?.map(|found| found.party).ok_or(ApiError::NoSuchRun { run: name })
+    })
+    .await?;
+    let result = check_again(state, &party, run).await;
+    let (outcome, detail) = match &result {
+        Ok(verdicts) if verdicts.iter().all(|(_, v)| v.ok) => ("ok", verdict_summary(verdicts)),
+        Ok(verdicts) => ("refuse", verdict_summary(verdicts)),
+        Err(error) => ("error", error.to_string()),
+    };
+    let (who, whose, what) = (actor, party.clone(), run.to_owned());
+    blocking(state, move |_, store| {
+        let entry = AuditEntry {
+            actor: &who,
+            action: AuditAction::RunVerify,
+            party: &whose,
+            subject: &what,
+            outcome,
+            detail: &detail,
+        };
+        Ok(store.append_audit(&entry)?)
+    })
+    .await?;
+    Ok((party, result?))
+}
+
+/// `genomes.sqlite: ok; features.sqlite: <reason>`, or `no replica yet`.
+fn verdict_summary(verdicts: &[(String, Verdict)]) -> String {
+    if verdicts.is_empty() {
+        return "no replica yet".into();
+    }
+    let each: Vec<String> = verdicts
+        .iter()
+        .map(|(database, v)| match (v.ok, &v.reason) {
+            (true, _) => format!("{database}: ok"),
+            (false, reason) => format!("{database}: {}", reason.as_deref().unwrap_or("refused")),
+        })
+        .collect();
+    each.join("; ")
+}
+
+async fn check_again(state: &Shared, party: &str, run: &str) -> Result<Vec<(String, Verdict)>, ApiError> {
     let policy = state.auth.policy(state, party)?;
     let tree = state.replica_root().and_then(|root| PartyTree::open_in(&root, party)).map_err(ApiError::Confine)?;
     let folder = tree.existing_run_folder(run).map_err(ApiError::Confine)?;

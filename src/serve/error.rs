@@ -10,7 +10,7 @@ use crate::fs::landing::FinishError;
 use crate::log::{Line, SERVE};
 use crate::names::NameError;
 use crate::size::ByteSize;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreErrorKind};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -151,6 +151,8 @@ pub enum ApiError {
     FolderConflict(String),
     Storage(String),
     Admin(AdminError),
+    /// The state store refused or failed (counted under `store`, whichever door asked).
+    Store(StoreError),
     Internal(String),
 }
 
@@ -201,6 +203,12 @@ impl ApiError {
             File(_) => StatusCode::PAYLOAD_TOO_LARGE,
             OverQuota { .. } | AtQuota { .. } | TooManyFiles { .. } | Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Admin(error) => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            Store(error) => match error.kind() {
+                StoreErrorKind::NotFound => StatusCode::NOT_FOUND,
+                StoreErrorKind::Conflict => StatusCode::CONFLICT,
+                StoreErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                StoreErrorKind::Broken => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             NoTree | Confine(_) | Home(_) | Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -246,6 +254,7 @@ impl ApiError {
             FolderConflict(_) => "folder",
             Storage(_) => "storage",
             Admin(_) => "admin",
+            Store(_) => "store",
             Internal(_) => "internal",
         }
     }
@@ -350,6 +359,7 @@ impl fmt::Display for ApiError {
             }
             FolderConflict(message) => f.write_str(message),
             Admin(error) => error.fmt(f),
+            Store(error) => error.fmt(f),
         }
     }
 }
@@ -412,13 +422,16 @@ pub async fn log_refusals(State(state): State<Shared>, request: Request, next: N
 
 impl From<AdminError> for ApiError {
     fn from(error: AdminError) -> Self {
-        ApiError::Admin(error)
+        match error {
+            AdminError::Store(error) => ApiError::Store(error),
+            other => ApiError::Admin(other),
+        }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        ApiError::Admin(AdminError::from(error))
+        ApiError::Store(error)
     }
 }
 

@@ -225,7 +225,7 @@ impl Store {
             &tx,
             &AuditEntry {
                 actor,
-                action: ARCHIVE_ACTION,
+                action: super::AuditAction::AuditArchive,
                 subject: archive,
                 outcome: "ok",
                 detail: &detail,
@@ -450,7 +450,13 @@ mod tests {
     }
 
     fn append(store: &Store, subject: &str) {
-        let entry = AuditEntry { actor: "cli:root", action: "test", subject, outcome: "ok", ..Default::default() };
+        let entry = AuditEntry {
+            actor: "cli:root",
+            action: crate::store::AuditAction::Test,
+            subject,
+            outcome: "ok",
+            ..Default::default()
+        };
         store.append_audit(&entry).unwrap();
     }
 

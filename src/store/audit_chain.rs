@@ -11,11 +11,82 @@ use sha2::{Digest, Sha256};
 /// The `prev_hash` of record 1.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// What an audit record says happened: every kind of record the trail holds, one variant each, written under the
+/// name `name` gives (the names the trail has always used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    /// A gate's decision on a session, or a push's outcome.
+    #[default]
+    Gate,
+    PartyAdd,
+    PartyEnable,
+    PartyDisable,
+    SshKeyAdd,
+    SshKeyRevoke,
+    ApiKeyIssue,
+    ApiKeyRevoke,
+    AdminTokenIssue,
+    AdminTokenRevoke,
+    AdminTokenRotate,
+    AuthorizedKeysWrite,
+    /// An administrator had a run's replicas checked again (recorded once the verdicts are in).
+    RunVerify,
+    CatalogRepair,
+    /// The catalog's verdict on a replica.
+    Verify,
+    Publish,
+    Withdraw,
+    StoreBackup,
+    StoreRestore,
+    AuditArchive,
+    /// An admin action a crash cut short, undone at the next start.
+    AdminUndo,
+    #[cfg(test)]
+    Test,
+}
+
+impl AuditAction {
+    pub fn name(self) -> &'static str {
+        use AuditAction::*;
+        match self {
+            Gate => "gate",
+            PartyAdd => "party.add",
+            PartyEnable => "party.enable",
+            PartyDisable => "party.disable",
+            SshKeyAdd => "ssh-key.add",
+            SshKeyRevoke => "ssh-key.revoke",
+            ApiKeyIssue => "api-key.issue",
+            ApiKeyRevoke => "api-key.revoke",
+            AdminTokenIssue => "admin-token.issue",
+            AdminTokenRevoke => "admin-token.revoke",
+            AdminTokenRotate => "admin-token.rotate",
+            AuthorizedKeysWrite => "authorized-keys.write",
+            RunVerify => "run.verify",
+            CatalogRepair => "catalog.repair",
+            Verify => "verify",
+            Publish => "publish",
+            Withdraw => "withdraw",
+            StoreBackup => "store.backup",
+            StoreRestore => "store.restore",
+            AuditArchive => "audit.archive",
+            AdminUndo => "admin.undo",
+            #[cfg(test)]
+            Test => "test",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// An audit record before it is chained.
 #[derive(Debug, Clone, Default)]
 pub struct AuditEntry<'a> {
     pub actor: &'a str,
-    pub action: &'a str,
+    pub action: AuditAction,
     pub party: &'a str,
     pub subject: &'a str,
     pub outcome: &'a str,
@@ -153,7 +224,7 @@ pub(super) fn append_in(conn: &Connection, entry: &AuditEntry<'_>) -> Result<Aud
         seq: last_seq + 1,
         at: now(),
         actor: entry.actor.to_owned(),
-        action: entry.action.to_owned(),
+        action: entry.action.name().to_owned(),
         party: entry.party.to_owned(),
         subject: entry.subject.to_owned(),
         outcome: entry.outcome.to_owned(),

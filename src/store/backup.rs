@@ -207,8 +207,13 @@ mod tests {
 
     fn append(store: &Store, n: u64) {
         let subject = n.to_string();
-        let entry =
-            AuditEntry { actor: "gate", action: "gate", subject: &subject, outcome: "ok", ..Default::default() };
+        let entry = AuditEntry {
+            actor: "gate",
+            action: crate::store::AuditAction::Gate,
+            subject: &subject,
+            outcome: "ok",
+            ..Default::default()
+        };
         store.append_audit(&entry).unwrap();
     }
 

@@ -229,7 +229,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{AuditEntry, STORE_FILE};
+    use crate::store::{AuditAction, AuditEntry, STORE_FILE};
 
     fn push(store: &Store, run: &str, started_at: i64, exit: &str, bytes: u64) {
         store
@@ -282,9 +282,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join(STORE_FILE)).unwrap();
         for outcome in ["allow", "refuse:command", "refuse:run", "refuse:command", "ok"] {
-            store.append_audit(&AuditEntry { actor: "gate", action: "gate", outcome, ..Default::default() }).unwrap();
+            store
+                .append_audit(&AuditEntry { actor: "gate", action: AuditAction::Gate, outcome, ..Default::default() })
+                .unwrap();
         }
-        for (actor, action) in [("serve:catalog", "verify"), ("serve:catalog", "withdraw"), ("cli:root", "party.add")] {
+        for (actor, action) in [
+            ("serve:catalog", AuditAction::Verify),
+            ("serve:catalog", AuditAction::Withdraw),
+            ("cli:root", AuditAction::PartyAdd),
+        ] {
             store.append_audit(&AuditEntry { actor, action, outcome: "ok", ..Default::default() }).unwrap();
         }
         let counts = store.gate_refusals_since(0).unwrap();

@@ -40,7 +40,7 @@ pub struct MadeFile {
 #[derive(Debug, Clone)]
 pub struct Intent<'a> {
     pub actor: &'a str,
-    pub action: &'a str,
+    pub action: super::AuditAction,
     pub party: &'a str,
     pub subject: &'a str,
     pub undo: Undo,
@@ -64,7 +64,7 @@ impl Store {
         let undo = serde_json::to_string(&intent.undo).unwrap_or_default();
         self.conn.execute(
             "INSERT INTO admin_intents (at, actor, action, party, subject, undo) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![now(), intent.actor, intent.action, intent.party, intent.subject, undo],
+            params![now(), intent.actor, intent.action.name(), intent.party, intent.subject, undo],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
@@ -108,7 +108,13 @@ mod tests {
         let store = Store::open(&dir.path().join(super::super::STORE_FILE)).unwrap();
         let made = MadeFile { path: "/p/acme.yaml".into(), sha256: "00".into() };
         let undo = Undo { files: vec![made], authorized_keys: true, ..Undo::default() };
-        let intent = Intent { actor: "test", action: "party.add", party: "acme", subject: "acme", undo: undo.clone() };
+        let intent = Intent {
+            actor: "test",
+            action: super::super::AuditAction::PartyAdd,
+            party: "acme",
+            subject: "acme",
+            undo: undo.clone(),
+        };
         let id = store.record_intent(&intent).unwrap();
         // The action's transaction fails after ending the intent: the record stays.
         let failed: std::result::Result<(), crate::store::StoreError> = store.immediate(|| {

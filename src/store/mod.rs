@@ -21,7 +21,7 @@ mod verifications;
 pub use audit_archive::{
     verify_archive, ArchiveCheck, ArchiveError, ArchiveHeader, ArchivePlan, Seal, ARCHIVE_ACTION, ARCHIVE_FORMAT,
 };
-pub use audit_chain::{AuditEntry, AuditRecord, ChainCheck, GENESIS};
+pub use audit_chain::{AuditAction, AuditEntry, AuditRecord, ChainCheck, GENESIS};
 pub use backup::{check_candidate, fold_wal, CandidateError, Counts, Summary};
 pub use dashboard::{HourlyPushes, HourlyUploads, PushRecord};
 pub use intents::{Intent, IntentRecord, MadeFile, Undo};
@@ -242,6 +242,31 @@ pub enum StoreError {
     Busy(String),
 }
 
+/// What a store error means to the caller, for both doors' status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The thing asked for is not there.
+    NotFound,
+    /// It clashes with what is there (a name or key taken, another party's run).
+    Conflict,
+    /// The store stayed busy; retry.
+    Busy,
+    /// The store itself failed.
+    Broken,
+}
+
+impl StoreError {
+    pub fn kind(&self) -> StoreErrorKind {
+        use StoreError::*;
+        match self {
+            NoSuchParty(_) | NoSuchSshKey(_) | NoSuchApiKey(_) | NoSuchAdminToken(_) => StoreErrorKind::NotFound,
+            PartyExists(_) | KeyRegistered { .. } | RunOwned { .. } => StoreErrorKind::Conflict,
+            Busy(_) => StoreErrorKind::Busy,
+            Sqlite(_) | Open { .. } | TooNew { .. } => StoreErrorKind::Broken,
+        }
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
@@ -439,7 +464,7 @@ mod tests {
             store
                 .append_audit(&AuditEntry {
                     actor: "admin",
-                    action: "test",
+                    action: AuditAction::Test,
                     subject: &subject,
                     outcome: "ok",
                     ..Default::default()
